@@ -1,0 +1,52 @@
+"""pylfm: LiquidAI's LFM2-Audio speech models from Python, on llama.cpp's multimodal engine.
+
+    import pylfm
+    text = pylfm.transcribe("a.wav")                    # default model, "Perform ASR." injected
+
+    model = pylfm.Model("LFM2.5-Audio-1.5B-Q8_0.gguf", mmproj="mmproj-LFM2.5-Audio-1.5B-Q8_0.gguf")
+    result = model.transcribe("a.wav")                  # .text, .tokens, .segments, .timings
+    segments, info = model.transcribe_segments("long.mp3")
+
+Names are imported lazily so that ``import pylfm`` (and the converter) do not load
+llama.cpp's libraries until a model is used.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Model": "pylfm.model",
+    "Transcription": "pylfm.model",
+    "TranscriptionInfo": "pylfm.model",
+    "Timings": "pylfm.model",
+    "transcribe": "pylfm.model",
+    "system_info": "pylfm.model",
+    "Segment": "pylfm.formats",
+    "load_audio": "pylfm.audio",
+    "convert": "pylfm.converter",
+    "quantize": "pylfm.quant",
+    "inspect": "pylfm.gguf_info",
+    "PylfmError": "pylfm.errors",
+    "AudioError": "pylfm.errors",
+    "ModelLoadError": "pylfm.errors",
+    "ModelNotFoundError": "pylfm.errors",
+    "DeviceError": "pylfm.errors",
+    "ConversionError": "pylfm.errors",
+}
+_RENAMED = {"inspect": "inspect_gguf"}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(import_module(_EXPORTS[name]), _RENAMED.get(name, name))
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pylfm' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,25 @@
+"""Exceptions raised by pylfm. Each message says what went wrong and what to do."""
+
+
+class PylfmError(Exception):
+    """Base class of every error pylfm raises on purpose."""
+
+
+class AudioError(PylfmError, ValueError):
+    """The audio could not be read or is unusable (not audio, empty, too short, NaN/inf)."""
+
+
+class ModelLoadError(PylfmError):
+    """A GGUF could not be loaded: wrong file, wrong pair, truncated, unsupported."""
+
+
+class ModelNotFoundError(ModelLoadError, FileNotFoundError):
+    """No model could be found locally or fetched from the Hugging Face hub."""
+
+
+class DeviceError(PylfmError, ValueError):
+    """An unknown or unavailable compute device was requested."""
+
+
+class ConversionError(PylfmError):
+    """A checkpoint could not be converted to GGUF (or a GGUF not quantized)."""
