@@ -87,7 +87,7 @@ def main_transcribe(args: argparse.Namespace) -> int:
 
     if len(args.files) == 1 and fmt is None and args.output_dir is None:
         # The common case: text streamed to stdout as it decodes.
-        for piece in model.transcribe(_input(args.files[0]), stream=True, **opts):
+        for piece in model.transcribe(args.files[0], stream=True, **opts):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
@@ -115,7 +115,7 @@ def main_transcribe(args: argparse.Namespace) -> int:
         for f in fmts:
             formats.write_output(out_dir / f"{stem}.{f}", formats.render(f, doc))
 
-    model.transcribe_batch([_input(f) for f in args.files], progress=show_progress(args), on_result=on_result, **opts)
+    model.transcribe_batch(list(args.files), progress=show_progress(args), on_result=on_result, **opts)
     if printed:
         if fmts == ["json"]:
             print(json.dumps(printed[0] if len(args.files) == 1 else printed, ensure_ascii=False, indent=2))
@@ -143,20 +143,21 @@ def main_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _input(name: str):
-    return "-" if name == "-" else name
-
-
 # ---------------------------------------------------------------------- entry point
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
+    """Only the chosen command's module is imported: ``pylfm transcribe`` does not pay
+    for (or depend on) the converter, the server extra or the benchmark code."""
     from . import __version__
 
     parser = argparse.ArgumentParser(prog="pylfm", description="LFM2-Audio speech recognition on llama.cpp")
     parser.add_argument("--version", action="version", version=f"pylfm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    chosen = next((a for a in (argv if argv is not None else sys.argv[1:]) if a in _COMMANDS), None)
     for name, (module, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if name != chosen:
+            continue
         if module is None:
             add, run = _LOCAL[name]
         else:
@@ -192,7 +193,7 @@ class _MissingExtra:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(name)s: %(message)s")
