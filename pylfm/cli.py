@@ -115,7 +115,14 @@ def main_transcribe(args: argparse.Namespace) -> int:
         for f in fmts:
             formats.write_output(out_dir / f"{stem}.{f}", formats.render(f, doc))
 
-    model.transcribe_batch(list(args.files), progress=show_progress(args), on_result=on_result, **opts)
+    if len(args.files) == 1:  # one file: the bar runs over its audio seconds
+        try:
+            result = model.transcribe(args.files[0], progress=show_progress(args), **opts)
+        except (PylfmError, OSError, ValueError) as e:
+            result = e
+        on_result(0, result)
+    else:  # several: windows of all files decoded together, the bar runs over files
+        model.transcribe_batch(list(args.files), progress=show_progress(args), on_result=on_result, **opts)
     if printed:
         if fmts == ["json"]:
             print(json.dumps(printed[0] if len(args.files) == 1 else printed, ensure_ascii=False, indent=2))
