@@ -30,6 +30,9 @@ _LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERR
 
 DEVICES = ("auto", "cpu", "gpu", "cuda", "metal", "vulkan", "sycl", "hip")
 DEFAULT_WINDOW_S = 30.0
+# llama.cpp's LFM2A encoder has a fixed relative-position table (16k rows at 2 mel frames
+# each): one audio chunk may not exceed ~327 s, or the process aborts. Stay well below.
+MAX_WINDOW_S = 300.0
 DEFAULT_MAX_NEW_TOKENS = 512
 _CTX_PER_SEQUENCE = 2048  # a 30 s window is ~400 prompt tokens + up to 512 generated
 
@@ -321,8 +324,9 @@ class Model:
     def _windows(self, pcm: np.ndarray, window: float) -> List[Tuple[int, int]]:
         """Spans to decode: the whole clip when it fits one window (unless it is silent),
         else windows cut at pauses. Silence yields no window, so no hallucinated text."""
-        if window <= 0:
-            raise ValueError(f"window must be > 0 seconds, got {window}")
+        if not 0 < window <= MAX_WINDOW_S:
+            raise ValueError(f"window must be between 0 and {MAX_WINDOW_S:g} seconds (the audio encoder's "
+                             f"limit for one piece of audio), got {window}")
         spans = split_windows(pcm, self.sample_rate, max_window_s=window)
         if not spans:
             return []

@@ -140,7 +140,8 @@ def test_cli_streams_text_and_json(tiny_gguf_f32, tmp_path, capsys):
 def test_cli_reads_stdin(tiny_gguf_f32, tmp_path):
     clip = _write_clips(tmp_path, 1)[0]
     proc = subprocess.run([sys.executable, "-m", "pylfm.cli", "transcribe", "-", "--json", "--max-new-tokens", "4",
-                           *_model_args(tiny_gguf_f32)], input=clip.read_bytes(), capture_output=True, timeout=120)
+                           *_model_args(tiny_gguf_f32)], input=clip.read_bytes(), capture_output=True, timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr.decode()
     assert json.loads(proc.stdout)["source"] == "-"
 

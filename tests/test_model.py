@@ -207,6 +207,21 @@ def test_truncated_gguf(tiny_gguf_f32, tmp_path):
             pylfm.Model(paths["model_path"], paths["mmproj_path"])
 
 
+def test_model_and_mmproj_from_different_checkpoints(tiny_tool, tiny_gguf_f32, tmp_path, monkeypatch):
+    from pylfm.converter import convert
+
+    monkeypatch.setitem(tiny_tool.TINY, "hidden", 96)  # another LFM width than the tiny model's 64
+    other = convert(tiny_tool.make_checkpoint(tmp_path / "other", seed=1), outdir=tmp_path / "gguf",
+                    outtype="f16", progress=False)
+    with pytest.raises(ModelLoadError, match="do not belong together"):
+        pylfm.Model(tiny_gguf_f32.model_path, other.mmproj_path)
+
+
+def test_window_longer_than_the_encoder_allows(model):
+    with pytest.raises(ValueError, match="window"):
+        model.transcribe(chirp(1.0), sample_rate=RATE, window=600)
+
+
 def test_not_a_gguf(tiny_gguf_f32, tmp_path):
     p = tmp_path / "model.gguf"
     p.write_bytes(b"hello" * 100)

@@ -1,0 +1,146 @@
+"""Writing a GGUF tensor by tensor, and the rules for which type each tensor gets.
+
+gguf-py's ``GGUFWriter`` can take every tensor's name, shape and type up front
+(``add_tensor_info``) and the data afterwards one tensor at a time
+(``write_tensor_data``), so a conversion never holds more than one tensor in memory.
+The file is written under a temporary name in the output directory and only renamed
+into place by the caller once everything succeeded: no partial GGUF is ever left.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf.quants import quant_shape_to_byte_shape, quantize
+
+from ..errors import ConversionError
+
+QType = GGMLQuantizationType
+
+OUTTYPES: dict[str, QType] = {
+    "f32": QType.F32,
+    "f16": QType.F16,
+    "bf16": QType.BF16,
+    "q8_0": QType.Q8_0,
+}
+
+FILE_TYPES: dict[str, LlamaFileType] = {
+    "f32": LlamaFileType.ALL_F32,
+    "f16": LlamaFileType.MOSTLY_F16,
+    "bf16": LlamaFileType.MOSTLY_BF16,
+    "q8_0": LlamaFileType.MOSTLY_Q8_0,
+}
+
+
+def check_outtype(outtype: str) -> str:
+    key = outtype.lower()
+    if key not in OUTTYPES:
+        raise ConversionError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    return key
+
+
+def _weight_type(shape: Sequence[int], outtype: str) -> QType:
+    """The outtype for a quantizable weight; Q8_0 needs rows in blocks of 32 (else F16,
+    as llama.cpp's converter falls back)."""
+    qtype = OUTTYPES[outtype]
+    if qtype == QType.Q8_0 and shape[-1] % 32 != 0:
+        return QType.F16
+    return qtype
+
+
+def text_tensor_type(name: str, shape: Sequence[int], outtype: str) -> QType:
+    """Type of a text-model tensor (GGUF name), following llama.cpp's converter:
+    norms, biases and 1-D tensors stay F32, and so does the short-conv kernel
+    (ggml's ssm_conv works in F32)."""
+    if len(shape) <= 1 or not name.endswith(".weight") or name.endswith("_norm.weight"):
+        return QType.F32
+    if ".shortconv.conv." in name:
+        return QType.F32
+    return _weight_type(shape, outtype)
+
+
+def mmproj_tensor_type(name: str, shape: Sequence[int], outtype: str) -> QType:
+    """Type of an LFM2A mmproj tensor (GGUF name), following llama.cpp's converter:
+    F32 for 1-D tensors, biases, the relative-position biases and every convolution
+    tensor (pre-encode convs, the conformer conv module and its folded batch norm)."""
+    if len(shape) <= 1 or not name.endswith(".weight") or "conv" in name:
+        return QType.F32
+    if name == "a.position_embd.weight":
+        # clip.cpp reads only this table's shape (projection width, longest input);
+        # keep it a float type but don't spend F32 (llama.cpp's choice) on it.
+        return {"f32": QType.F32, "bf16": QType.BF16}.get(outtype, QType.F16)
+    return _weight_type(shape, outtype)
+
+
+@dataclass
+class OutTensor:
+    """One GGUF tensor to write: its name, the checkpoint tensors it is made from,
+    the float32 shape ``build`` returns, and the type it is stored as."""
+
+    name: str
+    sources: tuple[str, ...]
+    shape: tuple[int, ...]
+    qtype: QType
+    build: Callable[[], np.ndarray]
+
+    def stored(self) -> tuple[np.dtype, tuple[int, ...], int]:
+        """(numpy dtype, numpy shape, nbytes) of the array handed to the writer."""
+        if self.qtype == QType.F32:
+            dtype, shape = np.dtype(np.float32), self.shape
+        elif self.qtype == QType.F16:
+            dtype, shape = np.dtype(np.float16), self.shape
+        else:
+            dtype, shape = np.dtype(np.uint8), quant_shape_to_byte_shape(self.shape, self.qtype)
+        return dtype, tuple(shape), int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+    def encode(self) -> np.ndarray:
+        data = self.build()
+        if tuple(data.shape) != self.shape:
+            raise ConversionError(f"internal error: {self.name} built with shape {data.shape}, "
+                                  f"planned {self.shape}")
+        return quantize(np.ascontiguousarray(data, dtype=np.float32), self.qtype)
+
+
+def temp_path_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def write_gguf(writer: GGUFWriter, tensors: Sequence[OutTensor], path: Path, *,
+               progress: bool, desc: str) -> Path:
+    """Write ``writer``'s metadata and ``tensors`` to a temporary file next to ``path``.
+
+    Returns the temporary path; the caller renames it into place (os.replace) once
+    every file of the conversion is complete. On any failure the temporary file is
+    removed and the exception propagates.
+    """
+    tmp = temp_path_for(path)
+    for t in tensors:
+        dtype, shape, nbytes = t.stored()
+        raw = None if t.qtype in (QType.F32, QType.F16) else t.qtype
+        writer.add_tensor_info(t.name, shape, dtype, nbytes, raw_dtype=raw)
+    total = sum(t.stored()[2] for t in tensors)
+    try:
+        writer.write_header_to_file(tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc=desc, unit="B", unit_scale=True, file=sys.stderr,
+                  disable=not progress, leave=False) as bar:
+            for t in tensors:
+                data = t.encode()
+                writer.write_tensor_data(data)
+                bar.update(data.nbytes)
+                del data
+        writer.close()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
