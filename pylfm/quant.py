@@ -40,20 +40,19 @@ def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], qtype: 
     elif qtype not in MODEL_TYPES:
         raise ConversionError(f"unknown type {qtype}; choose one of {', '.join(MODEL_TYPES)}")
 
+    if info["kind"] == "mmproj":
+        from .converter import quantize_mmproj  # writes atomically itself
+
+        return quantize_mmproj(src, dst, qtype.lower(), force=force)
+    from . import _core
+
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
     os.close(fd)
     try:
-        if info["kind"] == "mmproj":
-            from .converter import quantize_mmproj
-
-            quantize_mmproj(src, tmp, qtype)
-        else:
-            from . import _core
-
-            try:
-                _core.quantize(str(src), tmp, MODEL_TYPES[qtype], n_threads)
-            except RuntimeError as e:
-                raise ConversionError(str(e)) from None
+        try:
+            _core.quantize(str(src), tmp, MODEL_TYPES[qtype], n_threads)
+        except RuntimeError as e:
+            raise ConversionError(str(e)) from None
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):

@@ -445,48 +445,31 @@ def test_check_gguf(tiny_gguf_f16: ConvertResult, tmp_path: Path) -> None:
 
 # --- the engine ------------------------------------------------------------------------
 
-def test_llama_cpp_loads_tiny_ggufs(tiny_checkpoint: Path, tiny_gguf_f32: ConvertResult) -> None:
-    """llama.cpp (through llama-cpp-python's bindings) loads both files, tokenizes the
-    ASR prompt like the checkpoint's tokenizer, encodes audio and decodes varied tokens."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    mtmd = pytest.importorskip("llama_cpp.mtmd_cpp")
-    tokenizers = pytest.importorskip("tokenizers")
-    import ctypes
+@pytest.mark.parametrize("which", ["tiny_gguf_f32", "tiny_gguf_f16", "tiny_gguf_q8"])
+def test_converted_ggufs_load_and_transcribe(which: str, request: pytest.FixtureRequest) -> None:
+    import pylfm
 
-    llm = llama_cpp.Llama(model_path=str(tiny_gguf_f32.model_path), n_ctx=1024, n_threads=2, verbose=False)
-    prompt = "<|startoftext|><|im_start|>system\nPerform ASR.<|im_end|>\n<|im_start|>user\n"
-    suffix = "<|im_end|>\n<|im_start|>assistant\n"
+    g = request.getfixturevalue(which)
+    model = pylfm.Model(g.model_path, g.mmproj_path, device="cpu", n_threads=2)
+    t = np.arange(32000) / 16000
+    r = model.transcribe((0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t)).astype(np.float32), sample_rate=16000,
+                         max_new_tokens=24, ignore_eos=True)
+    assert r.n_tokens == 24 and len(set(r.tokens)) > 8, r.tokens  # varied, not one repeated token
+
+
+def test_engine_tokenizes_like_the_checkpoint(tiny_checkpoint: Path, tiny_gguf_f32: ConvertResult) -> None:
+    """The GGUF's vocab, merges and pre-tokenizer reproduce tokenizer.json's ids."""
+    import pylfm
+    import tokenizers
+
     reference = tokenizers.Tokenizer.from_file(str(tiny_checkpoint / "tokenizer.json"))
-    text = prompt + suffix
-    assert llm.tokenize(text.encode(), add_bos=False, special=True) == \
-        reference.encode(text, add_special_tokens=False).ids
-
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu = False
-    params.n_threads = 2
-    params.print_timings = False
-    ctx = mtmd.mtmd_init_from_file(str(tiny_gguf_f32.mmproj_path).encode(), llm._model.model, params)
-    assert ctx, "libmtmd refused the mmproj"
-    try:
-        assert mtmd.mtmd_support_audio(ctx)
-        t = np.arange(32000) / 16000
-        audio = (0.3 * np.sin(2 * np.pi * (200 + 900 * t) * t)).astype(np.float32)
-        bitmap = mtmd.mtmd_bitmap_init_from_audio(len(audio), (ctypes.c_float * len(audio))(*audio))
-        full = (prompt + mtmd.mtmd_default_marker().decode() + suffix).encode()
-        inp = mtmd.mtmd_input_text(full, len(full), False, True)
-        chunks = mtmd.mtmd_input_chunks_init()
-        assert mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(inp), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) == 0
-        n_past = llama_cpp.llama_pos(0)
-        assert mtmd.mtmd_helper_eval_chunks(ctx, llm._ctx.ctx, chunks, 0, 0, 512, True, ctypes.byref(n_past)) == 0
-        n_vocab = llm.n_vocab()
-        tokens = []
-        for _ in range(24):
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))
-            tokens.append(int(np.argmax(logits)))
-            batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(tokens[-1]), 1)
-            assert llama_cpp.llama_decode(llm._ctx.ctx, batch) == 0
-        assert len(set(tokens)) > 8, tokens  # greedy decoding wanders instead of repeating one token
-        mtmd.mtmd_input_chunks_free(chunks)
-        mtmd.mtmd_bitmap_free(bitmap)
-    finally:
-        mtmd.mtmd_free(ctx)
+    model = pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device="cpu", n_threads=2)
+    user = "Summarize this: the quick brown fox, 42 times!"
+    ids = model.prompt_tokens(np.full(16000, 0.1, np.float32), sample_rate=16000, prompt=user)
+    audio_at = ids.index(-1)
+    after = [t for t in ids[audio_at:] if t >= 0]
+    expected = reference.encode(user + "<|im_end|>\n<|im_start|>assistant\n", add_special_tokens=False).ids
+    assert after == expected
+    before = reference.encode("<|startoftext|><|im_start|>system\nPerform ASR.<|im_end|>\n<|im_start|>user\n",
+                              add_special_tokens=False).ids
+    assert ids[:audio_at] == before
