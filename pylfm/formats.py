@@ -123,7 +123,10 @@ def _json_default(obj: Any) -> Any:
 
 def _cue_text(text: str) -> str:
     # A blank line would end the cue; keep the lines, drop the empty ones.
-    return "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    # split on newlines only: str.splitlines() also breaks at \x1c-\x1e, \x85, \u2028...,
+    # which model output may contain, and the cue would no longer round-trip.
+    lines = text.strip().replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line.strip() for line in lines if line.strip())
 
 
 def to_srt(segments: Iterable[Segment]) -> str:

@@ -161,3 +161,9 @@ def test_write_output_failure_keeps_old_file(tmp_path, monkeypatch):
 def test_write_output_stdout(capsysbinary):
     write_output("-", "héllo\n")
     assert capsysbinary.readouterr().out == "héllo\n".encode()
+
+
+def test_cue_text_keeps_unicode_separators_inside_a_line():
+    seg = [Segment(0, 0.0, 1.0, "a\x1eb\u2028c")]
+    assert [s.text for s in parse_srt(to_srt(seg))] == ["a\x1eb\u2028c"]
+    assert [s.text for s in parse_vtt(to_vtt(seg))] == ["a\x1eb\u2028c"]
