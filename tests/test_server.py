@@ -1,0 +1,434 @@
+"""The OpenAI-compatible server (``pylfm serve``) end to end: a real uvicorn server on a
+free loopback port, the tiny model, and the official ``openai`` client.
+
+The tiny model's text is arbitrary, so every answer is compared with what
+`Model.transcribe` returns for the same audio with the same settings."""
+
+import io
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+try:
+    import python_multipart  # noqa: F401
+except ImportError:
+    pytest.importorskip("multipart")
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+
+import pylfm  # noqa: E402
+from pylfm import formats  # noqa: E402
+from pylfm.server import create_app  # noqa: E402
+
+RATE = 16000
+KEY = "test-key-123"
+MAX_NEW = 12  # generation limit the test servers run with (keeps the file fast)
+WINDOW = 4.0  # long-form window of the test servers, so a 9 s clip takes the long-form path
+
+
+# ---------------------------------------------------------------------- audio
+def chirp(seconds=1.5, f0=200.0, f1=1800.0, amp=0.3):
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (amp * np.sin(2 * np.pi * (f0 * t + 0.5 * (f1 - f0) / seconds * t * t))).astype(np.float32)
+
+
+def noise(seconds=1.5, seed=0):
+    return (np.random.default_rng(seed).standard_normal(int(seconds * RATE)) * 0.2).astype(np.float32)
+
+
+def wav(x):
+    buf = io.BytesIO()
+    sf.write(buf, x, RATE, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def bursts():
+    """~9 s: three 2 s chirps separated by 1.5 s pauses (several long-form windows)."""
+    parts = [np.zeros(int(0.5 * RATE), np.float32)]
+    for f0, f1 in ((300, 1500), (900, 400), (200, 2500)):
+        parts += [chirp(2.0, f0, f1, 0.25), np.zeros(int(1.5 * RATE), np.float32)]
+    return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------- a server in a thread
+class Serving:
+    """Runs ``app`` with uvicorn on a free loopback port in a background thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
+
+    def client(self, key=KEY, **kw):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)
+
+    def health(self, key=KEY):
+        return httpx.get(self.url + "/health", headers={"Authorization": f"Bearer {key}"}).json()
+
+    def wait_idle(self, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.health()["queue"]["in_flight"] == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"requests still in flight: {self.health()}")
+
+
+class Controlled:
+    """Wraps a Model so tests can hold requests at the engine and watch the streams
+    the server opens: ``hold`` blocks transcribe calls until ``release``; ``endless``
+    makes decoding ignore end-of-generation and hands out pieces slowly, so a request
+    takes minutes unless the server cancels it."""
+
+    def __init__(self, model):
+        self.model = model
+        self.sample_rate, self.device, self.model_path = model.sample_rate, model.device, model.model_path
+        self.go = threading.Event()
+        self.go.set()
+        self.entered = threading.Event()
+        self.calls = 0
+        self.streams = []  # (pieces yielded, ran to the end) per closed stream
+        self.endless = False
+
+    def hold(self):
+        self.go.clear()
+        self.entered.clear()
+
+    def release(self):
+        self.go.set()
+
+    def transcribe(self, audio, **kw):
+        self.calls += 1
+        self.entered.set()
+        assert self.go.wait(30)
+        if self.endless:
+            kw.update(ignore_eos=True, max_new_tokens=100_000)
+        out = self.model.transcribe(audio, **kw)
+        return self._track(out) if kw.get("stream") else out
+
+    def transcribe_segments(self, audio, **kw):
+        self.calls += 1
+        self.entered.set()
+        assert self.go.wait(30)
+        if self.endless:
+            kw["batch_size"] = 1  # one window per engine call, so a cancel can fall between them
+        segments, info = self.model.transcribe_segments(audio, **kw)
+        return self._track(segments), info
+
+    def _track(self, it):
+        n, finished = 0, False
+        try:
+            for piece in it:
+                n += 1
+                if self.endless:  # the tiny model is fast; make "endless" last minutes
+                    time.sleep(0.01 if isinstance(piece, str) else 1.0)
+                yield piece
+            finished = True
+        finally:
+            it.close()
+            self.streams.append((n, finished))
+
+
+# ---------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def model(tiny_gguf_f32):
+    return pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device="cpu", n_threads=1)  # one engine thread: the HTTP side needs the other core
+
+
+@pytest.fixture(scope="module")
+def clips(model):
+    """Two short clips and a long one: (wav bytes, Model.transcribe result)."""
+    def run(x):
+        data = wav(x)
+        return data, model.transcribe(data, max_new_tokens=MAX_NEW, window=WINDOW)
+
+    out = {"a": run(chirp(1.5)), "long": run(bursts())}
+    assert out["a"][1].text.strip(), "the tiny model should say something"
+    # "b": a clip the model answers differently (random weights barely listen to the audio)
+    for x in (noise(1.5), noise(1.5, seed=1), np.sign(chirp(1.5, 150, 150)) * 0.3):
+        out["b"] = run(x.astype(np.float32))
+        if out["b"][1].text != out["a"][1].text:
+            break
+    assert len(out["long"][1].segments) >= 2, "the long clip should take the long-form path"
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(model):
+    app = create_app(model, api_key=KEY, max_upload_mb=1, queue_size=16, max_new_tokens=MAX_NEW, window=WINDOW)
+    with Serving(app) as s:
+        yield s
+
+
+def error_of(response):
+    body = response.json()
+    assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"]), body
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def still_serves(server, clips):
+    data, ref = clips["b"]
+    assert server.client().audio.transcriptions.create(model="lfm2-audio", file=("b.wav", data)).text == ref.text
+
+
+# ---------------------------------------------------------------------- formats
+def test_json_and_text_match_model(server, clips):
+    client = server.client()
+    for name in ("a", "b"):
+        data, ref = clips[name]
+        r = client.audio.transcriptions.create(model="whisper-1", file=(f"{name}.wav", data))
+        assert r.text == ref.text
+        assert client.audio.transcriptions.create(model="lfm2-audio", file=(f"{name}.wav", data),
+                                                  response_format="text") == ref.text
+
+
+def test_prompt_and_temperature_reach_the_model(server, model, clips):
+    data, ref = clips["a"]
+    client = server.client()
+    for kw in ({"prompt": "Describe the sound."}, {"temperature": 0.8}):
+        want = model.transcribe(data, max_new_tokens=MAX_NEW, window=WINDOW, **kw).text
+        assert client.audio.transcriptions.create(model="m", file=("a.wav", data), **kw).text == want
+    assert want != ref.text  # sampling took another path than greedy
+
+
+def test_subtitles_and_verbose_json(server, clips):
+    client = server.client()
+    for name in ("a", "long"):
+        data, ref = clips[name]
+        srt = client.audio.transcriptions.create(model="m", file=("x.wav", data), response_format="srt")
+        vtt = client.audio.transcriptions.create(model="m", file=("x.wav", data), response_format="vtt")
+        assert srt == formats.to_srt(ref.segments)
+        assert vtt == formats.to_vtt(ref.segments)
+        for parsed in (formats.parse_srt(srt), formats.parse_vtt(vtt)):
+            assert [(s.start, s.end) for s in parsed] == [(pytest.approx(s.start, abs=1e-3), pytest.approx(s.end, abs=1e-3))
+                                                         for s in ref.segments]
+        v = client.audio.transcriptions.create(model="m", file=("x.wav", data), response_format="verbose_json",
+                                               language="en", timestamp_granularities=["segment", "word"])
+        assert v.text == ref.text
+        assert v.language == "unknown" and v.duration == pytest.approx(ref.duration, abs=1e-3)
+        assert [(s.id, s.text) for s in v.segments] == [(s.id, s.text) for s in ref.segments]
+        for got, want in zip(v.segments, ref.segments):
+            assert got.start == pytest.approx(want.start, abs=1e-3) and got.end == pytest.approx(want.end, abs=1e-3)
+    raw = httpx.post(server.url + "/v1/audio/transcriptions", headers={"Authorization": f"Bearer {KEY}"},
+                     files={"file": ("x.wav", clips["long"][0])}, data={"response_format": "verbose_json"}).json()
+    assert raw["task"] == "transcribe" and len(raw["segments"]) == len(clips["long"][1].segments)
+    assert all({"id", "start", "end", "text"} <= set(s) for s in raw["segments"])
+
+
+def test_stream_deltas_join_to_text(server, clips):
+    data, ref = clips["a"]
+    events = list(server.client().audio.transcriptions.create(model="m", file=("a.wav", data), stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[-1] == "transcript.text.done" and set(kinds[:-1]) == {"transcript.text.delta"}
+    assert len(events) > 2
+    deltas = "".join(e.delta for e in events[:-1])
+    assert deltas == ref.text and events[-1].text == ref.text
+
+
+def test_models_and_health(server):
+    ids = [m.id for m in server.client().models.list().data]
+    assert ids == ["lfm2-audio"]
+    h = server.health()
+    assert h["status"] == "ok" and h["queue"]["capacity"] == 16
+
+
+# ---------------------------------------------------------------------- load
+def test_concurrent_clients_get_their_own_answers(server, clips):
+    def client_run(k):
+        client = server.client(timeout=120)
+        out = []
+        for i in range(5):
+            name = "ab"[(k + i) % 2]  # interleave two clips: answers must not cross over
+            data, ref = clips[name]
+            text = client.audio.transcriptions.create(model="m", file=(f"{name}.wav", data)).text
+            out.append(text == ref.text)
+        return out
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [ok for r in pool.map(client_run, range(8)) for ok in r]
+    assert len(results) == 40 and all(results), f"{results.count(False)} of 40 answers differ"
+    server.wait_idle()
+
+
+# ---------------------------------------------------------------------- errors
+def test_rejections_and_recovery(server, clips):
+    url = server.url + "/v1/audio/transcriptions"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    # too large (limit 1 MB): 413, from the client and from a chunked upload without Content-Length
+    with pytest.raises(openai.APIStatusError) as e:
+        server.client().audio.transcriptions.create(model="m", file=("big.wav", b"\0" * (3 * 1024 * 1024)))
+    assert e.value.status_code == 413
+    still_serves(server, clips)
+
+    def chunked():
+        yield b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.wav\"\r\n\r\n"
+        for _ in range(40):
+            yield b"\0" * 65536
+        yield b"\r\n--XyZ--\r\n"
+
+    r = httpx.post(url, content=chunked(), headers={**auth, "Content-Type": "multipart/form-data; boundary=XyZ"})
+    assert r.status_code == 413 and error_of(r)["code"] == "file_too_large"
+    still_serves(server, clips)
+    # not audio: 400 with the reason
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client().audio.transcriptions.create(model="m", file=("notes.txt", b"just some text\n" * 50))
+    assert "audio" in str(e.value)
+    r = httpx.post(url, headers=auth, files={"file": ("notes.txt", b"hello")})
+    assert r.status_code == 400 and error_of(r)["type"] == "invalid_request_error"
+    still_serves(server, clips)
+    # corrupt audio: a WAV header with its data cut off
+    r = httpx.post(url, headers=auth, files={"file": ("cut.wav", clips["a"][0][:30])})
+    assert r.status_code == 400
+    # bad parameters and a missing file
+    assert httpx.post(url, headers=auth, files={"file": ("a.wav", clips["a"][0])},
+                      data={"response_format": "docx"}).status_code == 400
+    assert httpx.post(url, headers=auth, files={"file": ("a.wav", clips["a"][0])},
+                      data={"temperature": "hot"}).status_code == 400
+    assert httpx.post(url, headers=auth, data={"model": "m"}).status_code == 400
+    # wrong or missing key: 401, OpenAI-style
+    with pytest.raises(openai.AuthenticationError):
+        server.client(key="wrong").audio.transcriptions.create(model="m", file=("a.wav", clips["a"][0]))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        r = httpx.get(server.url + "/v1/models", headers=headers)
+        assert r.status_code == 401 and error_of(r)["code"] == "invalid_api_key"
+    still_serves(server, clips)
+    server.wait_idle()
+
+
+def test_queue_overflow_gets_503_with_retry_after(model, clips):
+    ctl = Controlled(model)
+    data, ref = clips["a"]
+    with Serving(create_app(ctl, queue_size=1, max_new_tokens=MAX_NEW, window=WINDOW)) as s:
+        ctl.hold()
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(lambda: s.client().audio.transcriptions.create(model="m", file=("a.wav", data)))
+            assert ctl.entered.wait(20), "the first request never reached the model"
+            r = httpx.post(s.url + "/v1/audio/transcriptions", files={"file": ("a.wav", data)})
+            assert r.status_code == 503 and int(r.headers["Retry-After"]) >= 1
+            assert error_of(r)["type"] == "server_error"
+            with pytest.raises(openai.APIStatusError) as e:
+                s.client().audio.transcriptions.create(model="m", file=("a.wav", data))
+            assert e.value.status_code == 503
+            ctl.release()
+            assert first.result(60).text == ref.text
+        s.wait_idle()
+        assert s.client().audio.transcriptions.create(model="m", file=("a.wav", data)).text == ref.text
+        assert ctl.calls == 2  # the rejected requests never reached the model
+
+
+# ---------------------------------------------------------------------- cancellation
+def test_gate_is_first_come_first_served_and_waiters_can_leave():
+    from pylfm.server import _FifoGate
+
+    gate, order, leave = _FifoGate(), [], threading.Event()
+    assert gate.acquire(threading.Event())
+
+    def waiter(i, cancel):
+        if gate.acquire(cancel):
+            order.append(i)
+            gate.release()
+        else:
+            order.append(f"left {i}")
+
+    threads = []
+    for i in range(4):
+        threads.append(threading.Thread(target=waiter, args=(i, leave if i == 1 else threading.Event())))
+        threads[-1].start()
+        while gate.waiting < i + 1:
+            time.sleep(0.002)
+    leave.set()
+    while gate.waiting > 3:
+        time.sleep(0.002)
+    gate.release()
+    for t in threads:
+        t.join(5)
+    assert order == ["left 1", 0, 2, 3]
+    assert gate.acquire(threading.Event()) and gate.waiting == 0  # free again
+    leave_now = threading.Event()
+    leave_now.set()
+    gate.release()
+    assert not gate.acquire(leave_now)  # a request already cancelled never takes it
+
+
+def test_disconnect_cancels_decoding(model, clips):
+    ctl = Controlled(model)
+    data, ref = clips["a"]
+    with Serving(create_app(ctl, queue_size=4, max_new_tokens=MAX_NEW, window=WINDOW)) as s:
+        ctl.endless = True  # without cancellation these requests would decode thousands of tokens
+        # streaming: read two deltas, then hang up
+        with httpx.stream("POST", s.url + "/v1/audio/transcriptions", files={"file": ("a.wav", data)},
+                          data={"stream": "true"}, timeout=30) as r:
+            assert r.status_code == 200
+            seen = 0
+            for line in r.iter_lines():
+                seen += line.startswith("data:")
+                if seen == 2:
+                    break  # leaving the block closes the connection
+        assert seen == 2
+        deadline = time.monotonic() + 15
+        while not ctl.streams and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ctl.streams and not ctl.streams[0][1], "the stream was not cancelled"
+        s.wait_idle()
+        # non-streaming: the client gives up (timeout) mid-decode
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(s.url + "/v1/audio/transcriptions", files={"file": ("a.wav", data)}, timeout=1.5)
+        deadline = time.monotonic() + 15
+        while len(ctl.streams) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ctl.streams) == 2 and not ctl.streams[1][1], "the abandoned request kept decoding"
+        s.wait_idle()
+        # long form, non-streaming: the windows after the client left are never decoded
+        with pytest.raises(httpx.TimeoutException):
+            httpx.post(s.url + "/v1/audio/transcriptions", files={"file": ("long.wav", clips["long"][0])},
+                       timeout=1.5)
+        deadline = time.monotonic() + 15
+        while len(ctl.streams) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(ctl.streams) == 3, "the long-form request did not stop"
+        assert ctl.streams[2][0] < len(clips["long"][1].segments) and not ctl.streams[2][1]
+        s.wait_idle()
+        # a request whose client leaves while it waits in the queue never reaches the model
+        ctl.endless = False
+        ctl.hold()
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(lambda: s.client(timeout=60).audio.transcriptions.create(model="m",
+                                                                                      file=("a.wav", data)))
+            assert ctl.entered.wait(20)
+            calls = ctl.calls
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(s.url + "/v1/audio/transcriptions", files={"file": ("a.wav", data)}, timeout=1.0)
+            time.sleep(0.3)  # let the server notice the disconnect
+            ctl.release()
+            assert first.result(60).text == ref.text
+        s.wait_idle()
+        assert ctl.calls == calls, "a request whose client had left was decoded"
+        assert s.client().audio.transcriptions.create(model="m", file=("a.wav", data)).text == ref.text
