@@ -2,7 +2,7 @@
 """Window-by-window vs batched decoding of one long recording (audio seconds per wall second).
 
     python benchmarks/batched_vs_sequential.py --model M.gguf --mmproj mmproj-M.gguf \
-        [--minutes 5] [--batch-size 4] [--tokens 32] [--threads 2] [--json]
+        [--minutes 5] [--batch-size 4] [--tokens 32] [--threads 2] [--repeat 3] [--json]
 
 The recording is synthetic (tone/chirp utterances between pauses) so the windows are
 the same in both runs; ``--tokens`` fixes the tokens generated per window (end of
@@ -37,13 +37,22 @@ def recording(minutes: float, seed: int = 0) -> np.ndarray:
     return audio
 
 
-def measure(model: pylfm.Model, audio: np.ndarray, batch_size: int, tokens: int) -> dict:
-    model.transcribe(audio[: 5 * RATE], sample_rate=RATE, max_new_tokens=2)  # warm-up
-    t0 = time.perf_counter()
-    r = model.transcribe(audio, sample_rate=RATE, max_new_tokens=tokens, ignore_eos=True, batch_size=batch_size)
-    wall = time.perf_counter() - t0
-    return {"batch_size": batch_size, "wall_s": round(wall, 3), "windows": len(r.segments),
-            "tokens": r.n_tokens, "audio_s_per_s": round(r.duration / wall, 2),
+def measure(model: pylfm.Model, audio: np.ndarray, batch_size: int, tokens: int, repeat: int) -> dict:
+    """Median over ``repeat`` runs after one untimed run of the same call (the first call
+    of a shape pays llama.cpp's buffer allocation)."""
+    def run():
+        t0 = time.perf_counter()
+        r = model.transcribe(audio, sample_rate=RATE, max_new_tokens=tokens, ignore_eos=True, batch_size=batch_size)
+        return time.perf_counter() - t0, r
+
+    run()
+    walls, r = [], None
+    for _ in range(repeat):
+        wall, r = run()
+        walls.append(wall)
+    wall = float(np.median(walls))
+    return {"batch_size": batch_size, "wall_s": round(wall, 3), "wall_min_max": [round(min(walls), 3), round(max(walls), 3)],
+            "windows": len(r.segments), "tokens": r.n_tokens, "audio_s_per_s": round(r.duration / wall, 2),
             "decode_tokens_per_s": round(r.n_tokens / wall, 1)}
 
 
@@ -56,12 +65,13 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32, help="tokens generated per window")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--repeat", type=int, default=3, help="timed runs per mode (median reported)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     model = pylfm.Model(a.model, a.mmproj, device=a.device, n_threads=a.threads, batch_size=a.batch_size)
     audio = recording(a.minutes)
-    seq = measure(model, audio, 1, a.tokens)
-    bat = measure(model, audio, a.batch_size, a.tokens)
+    seq = measure(model, audio, 1, a.tokens, a.repeat)
+    bat = measure(model, audio, a.batch_size, a.tokens, a.repeat)
     out = {"model": a.model, "device": model.device, "threads": model.n_threads, "minutes": a.minutes,
            "sequential": seq, "batched": bat, "speedup": round(bat["audio_s_per_s"] / seq["audio_s_per_s"], 2)}
     if a.json:

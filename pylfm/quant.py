@@ -53,6 +53,9 @@ def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], qtype: 
             _core.quantize(str(src), tmp, MODEL_TYPES[qtype], n_threads)
         except RuntimeError as e:
             raise ConversionError(str(e)) from None
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):

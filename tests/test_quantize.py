@@ -21,6 +21,7 @@ def _chirp():
 def test_quantized_text_model_is_smaller_and_loads(tiny_gguf_f32, tmp_path, qtype):
     out = pylfm.quantize(tiny_gguf_f32.model_path, tmp_path / f"tiny-{qtype}.gguf", qtype)
     assert out.stat().st_size < tiny_gguf_f32.model_path.stat().st_size
+    assert out.stat().st_mode & 0o777 == tiny_gguf_f32.model_path.stat().st_mode & 0o777  # not mkstemp's 0600
     info = inspect_gguf(out)
     assert info["file_type"] == pylfm.quant.MODEL_TYPES[qtype]
     if "_K" not in qtype:  # k-quants need rows of 256; the tiny model's 64-wide rows fall back
