@@ -25,8 +25,11 @@ from .resolve import DEFAULT_QUANT, resolve
 from .vad import split_windows
 
 log = logging.getLogger("pylfm")
+log.addHandler(logging.NullHandler())  # a library stays silent unless the application configures logging
 _llama_log = logging.getLogger("pylfm.llama")
-_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+# llama.cpp's own levels, one step down: its warnings (e.g. "audio input is experimental"
+# on every load) are routine for us, and its errors also reach the user as exceptions.
+_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.WARNING}
 
 DEVICES = ("auto", "cpu", "gpu", "cuda", "metal", "vulkan", "sycl", "hip")
 DEFAULT_WINDOW_S = 30.0
@@ -41,8 +44,9 @@ AudioInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, A
 
 @dataclass
 class Timings:
-    """Milliseconds spent in each stage. ``decode_ms`` of a batched request is the
-    wall time of the whole batch's generation loop (the sequences share it)."""
+    """Milliseconds spent in each stage. Windows decoded together share one generation
+    loop; each is given an equal share of its wall time, so sums over windows (and the
+    totals of a long recording) count that time once."""
 
     load_ms: float = 0.0
     encode_ms: float = 0.0
@@ -341,6 +345,8 @@ class Model:
             for start in range(0, len(requests), size):
                 chunk = requests[start:start + size]
                 results = self._generate(chunk, params, None)
+                for r in results:  # the sequences shared one generation loop
+                    r["decode_ms"] /= len(results)
                 if bar is not None:
                     bar.update(sum(len(r[1][0]) for r in chunk) / self.sample_rate)
                 yield start, results
