@@ -180,9 +180,8 @@ QUANT = {
 
 
 def _pylfm_model(request, quant):
-    pylfm = pytest.importorskip("pylfm")
-    if not hasattr(pylfm, "Model"):
-        pytest.skip("pylfm.Model not available yet")
+    import pylfm
+
     g = request.getfixturevalue(f"tiny_gguf_{quant}")
     return pylfm.Model(model=str(g.model_path), mmproj=str(g.mmproj_path), device="cpu", n_threads=2)
 

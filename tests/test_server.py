@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-try:
-    import python_multipart  # noqa: F401
-except ImportError:
-    pytest.importorskip("multipart")
-httpx = pytest.importorskip("httpx")
-openai = pytest.importorskip("openai")
+# The server extra and the openai client are test requirements (pip install ".[test]"):
+# a missing one must fail, not skip.
+import fastapi  # noqa: E402,F401
+import httpx  # noqa: E402
+import openai  # noqa: E402
+import python_multipart  # noqa: E402,F401
+import uvicorn  # noqa: E402,F401
 
 import pylfm  # noqa: E402
 from pylfm import formats  # noqa: E402
