@@ -196,7 +196,9 @@ public:
         cp.n_batch = static_cast<uint32_t>(n_batch);
         cp.n_ubatch = static_cast<uint32_t>(n_batch);
         cp.n_seq_max = static_cast<uint32_t>(n_seq_max_);
-        cp.kv_unified = true;  // sequences share one KV pool: any split of n_ctx works
+        // One KV stream per sequence (n_ctx / n_seq_max each): a batched token then attends
+        // only to its own sequence's cells, not to every sequence's (masked) cells.
+        cp.kv_unified = false;
         cp.n_threads = n_threads;
         cp.n_threads_batch = n_threads;
         cp.no_perf = true;
@@ -230,6 +232,7 @@ public:
     int n_vocab() const { return llama_vocab_n_tokens(vocab_); }
     int n_embd() const { return llama_model_n_embd_inp(model_); }
     int n_ctx() const { return static_cast<int>(llama_n_ctx(ctx_)); }
+    int n_ctx_seq() const { return static_cast<int>(llama_n_ctx_seq(ctx_)); }
     int n_seq_max() const { return n_seq_max_; }
     double load_ms() const { return load_ms_; }
     const std::string& device() const { return device_; }
@@ -311,10 +314,10 @@ public:
                 check_interrupt();
                 seqs[i].next = llama_sampler_sample(seqs[i].sampler.get(), ctx_, -1);
             }
-            // A unified KV pool: cap generation so every sequence fits.
-            int used = 0;
-            for (auto& s : seqs) used += s.n_past;
-            int room = (static_cast<int>(llama_n_ctx(ctx_)) - used) / static_cast<int>(seqs.size());
+            // Cap generation so every sequence fits its own KV stream.
+            int longest = 0;
+            for (auto& s : seqs) longest = std::max(longest, static_cast<int>(s.n_past));
+            int room = static_cast<int>(llama_n_ctx_seq(ctx_)) - longest;
             int max_new = std::min(sp.max_new_tokens, std::max(room, 0));
 
             auto t0 = std::chrono::steady_clock::now();
@@ -442,9 +445,9 @@ private:
         ChunksPtr chunks = tokenize(req.prompt, req.audio);
         size_t n_chunks = mtmd_input_chunks_size(chunks.get());
         size_t total = mtmd_helper_get_n_tokens(chunks.get());
-        if (static_cast<int>(total) + 1 > static_cast<int>(llama_n_ctx(ctx_)))
-            throw std::length_error("the request needs " + std::to_string(total) + " prompt tokens but the context holds " +
-                                    std::to_string(llama_n_ctx(ctx_)) + "; use shorter audio windows or a larger n_ctx");
+        if (static_cast<int>(total) + 1 > static_cast<int>(llama_n_ctx_seq(ctx_)))
+            throw std::length_error("the request needs " + std::to_string(total) + " prompt tokens but a sequence's context holds " +
+                                    std::to_string(llama_n_ctx_seq(ctx_)) + "; use shorter audio windows or a larger n_ctx");
         s.n_prompt = static_cast<int>(total);
         for (size_t i = 0; i < n_chunks; ++i) {
             const mtmd_input_chunk* c = mtmd_input_chunks_get(chunks.get(), i);
@@ -596,6 +599,7 @@ PYBIND11_MODULE(_core, m) {
         .def_property_readonly("n_vocab", &Engine::n_vocab)
         .def_property_readonly("n_embd", &Engine::n_embd)
         .def_property_readonly("n_ctx", &Engine::n_ctx)
+        .def_property_readonly("n_ctx_seq", &Engine::n_ctx_seq)
         .def_property_readonly("n_seq_max", &Engine::n_seq_max)
         .def_property_readonly("load_ms", &Engine::load_ms)
         .def_property_readonly("device", &Engine::device)
