@@ -270,6 +270,18 @@ def test_offline_hub_error_says_what_to_do(monkeypatch, tmp_path):
     assert "LiquidAI/LFM2.5-Audio-1.5B-GGUF" in str(e.value)
 
 
+def test_unreachable_hub_fails_fast(monkeypatch, tmp_path):
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    t0 = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="cannot reach 127.0.0.1:9"):
+        pylfm.Model("someone/some-audio-model-GGUF")
+    assert time.monotonic() - t0 < 10
+
+
 def test_env_vars_choose_the_model(tiny_gguf_f32, monkeypatch):
     monkeypatch.setenv("PYLFM_MODEL", str(tiny_gguf_f32.model_path))
     monkeypatch.setenv("PYLFM_MMPROJ", str(tiny_gguf_f32.mmproj_path))
@@ -280,3 +292,15 @@ def test_env_vars_choose_the_model(tiny_gguf_f32, monkeypatch):
 
 def test_errors_are_pylfm_errors():
     assert issubclass(AudioError, PylfmError) and issubclass(AudioError, ValueError)
+
+
+def test_hub_file_choice():
+    from pylfm.resolve import pick_files
+
+    names = ["README.md", "LFM2.5-Audio-1.5B-F16.gguf", "LFM2.5-Audio-1.5B-Q8_0.gguf", "LFM2.5-Audio-1.5B-Q4_0.gguf",
+             "mmproj-LFM2.5-Audio-1.5B-F16.gguf", "mmproj-LFM2.5-Audio-1.5B-Q8_0.gguf",
+             "audiodecoder-LFM2.5-Audio-1.5B-Q8_0.gguf"]
+    assert pick_files(names, "Q8_0") == ("LFM2.5-Audio-1.5B-Q8_0.gguf", "mmproj-LFM2.5-Audio-1.5B-Q8_0.gguf")
+    assert pick_files(names, "Q4_0") == ("LFM2.5-Audio-1.5B-Q4_0.gguf", "mmproj-LFM2.5-Audio-1.5B-F16.gguf")
+    with pytest.raises(ModelNotFoundError, match="mmproj"):
+        pick_files(["LFM2.5-Audio-1.5B-Q8_0.gguf"])

@@ -87,18 +87,35 @@ def _from_hub(repo_id: str, quant: str) -> Tuple[Path, Path]:
         from huggingface_hub import hf_hub_download, list_repo_files
     except ImportError as e:  # pragma: no cover - it is a dependency
         raise ModelNotFoundError("huggingface-hub is not installed. " + _HOW_TO_PASS_LOCAL) from e
+    cached = _cached_files(repo_id, quant)  # an earlier download needs no network
+    if cached is not None:
+        return cached
     try:
+        _check_reachable()
         names = list_repo_files(repo_id)
     except Exception as online_error:  # offline, unreachable, unknown repo, auth
-        cached = _cached_files(repo_id, quant)
-        if cached is not None:
-            return cached
         raise ModelNotFoundError(
             f"could not fetch {repo_id} from the Hugging Face hub ({type(online_error).__name__}: "
             f"{str(online_error).splitlines()[0] if str(online_error) else 'no details'}) and it is not in the "
             f"local cache. " + _HOW_TO_PASS_LOCAL) from online_error
     model_name, mmproj_name = pick_files(names, quant)
     return Path(hf_hub_download(repo_id, model_name)), Path(hf_hub_download(repo_id, mmproj_name))
+
+
+def _check_reachable(timeout: float = 5.0) -> None:
+    """Fails in seconds when the hub cannot be reached, instead of huggingface-hub's
+    retries with back-off (about half a minute of noise before the same error)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ConnectionError("HF_HUB_OFFLINE is set")
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach {url.hostname}:{port}: {e.strerror or e}") from None
 
 
 def _cached_files(repo_id: str, quant: str) -> Optional[Tuple[Path, Path]]:
