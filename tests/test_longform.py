@@ -150,3 +150,18 @@ def test_cli_bad_input_is_an_error_not_a_crash(tiny_gguf_f32, tmp_path, capsys):
     rc = cli.main(["transcribe", str(tmp_path / "missing.wav"), *_model_args(tiny_gguf_f32)])
     assert rc == 2
     assert "missing.wav" in capsys.readouterr().err
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(tiny_gguf_f32, tmp_path, capsys):
+    audio, _ = synthetic_recording(1.5, seed=4)
+    clip = tmp_path / "long.wav"
+    sf.write(clip, audio, RATE)
+    args = ["transcribe", str(clip), "-f", "txt", "-o", str(tmp_path / "o"), "--max-new-tokens", "2",
+            *_model_args(tiny_gguf_f32)]
+    assert cli.main(args) == 0
+    assert "%|" not in capsys.readouterr().err  # stderr is not a terminal here
+    assert cli.main(args + ["--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "%|" in err and "/90.0 s" in err  # over the file's audio seconds
+    assert cli.main(args + ["--progress", "--quiet"]) == 0
+    assert "%|" not in capsys.readouterr().err

@@ -193,11 +193,11 @@ class Model:
         params = self._params(max_new_tokens, temperature, top_k, top_p, seed, ignore_eos)
         pcm = self._load(audio, sample_rate)
         windows = self._windows(pcm, window)
-        requests = [(build_prompt(system, prompt), [pcm[a:b]]) for a, b in windows]
+        requests = _requests(pcm, windows, system, prompt)
         if stream:
             return self._stream(requests, params, batch_size)
-        results = self._run_all(requests, params, batch_size, _bar(progress, len(pcm) / self.sample_rate,
-                                                                   [(b - a) / self.sample_rate for a, b in windows]))
+        bar = _bar(progress, len(pcm) / self.sample_rate)
+        results = [r for _, batch in self._batches(requests, params, batch_size, bar) for r in batch]
         return self._combine(pcm, windows, results)
 
     def transcribe_segments(self, audio: AudioInput, *, sample_rate: Optional[int] = None,
@@ -214,8 +214,8 @@ class Model:
         info = TranscriptionInfo(duration=len(pcm) / self.sample_rate, sample_rate=self.sample_rate,
                                  n_windows=len(windows), device=self.device, model=self.model_path.name,
                                  timings=Timings(load_ms=self.load_ms))
-        requests = [(build_prompt(system, prompt), [pcm[a:b]]) for a, b in windows]
-        bar = _bar(progress, info.duration, [(b - a) / self.sample_rate for a, b in windows])
+        requests = _requests(pcm, windows, system, prompt)
+        bar = _bar(progress, info.duration)
 
         def segments() -> Iterator[Segment]:
             for start, results in self._batches(requests, params, batch_size, bar):
@@ -251,7 +251,7 @@ class Model:
             if isinstance(item, Exception):
                 continue
             pcm, windows = item
-            requests += [(build_prompt(system, prompt), [pcm[a:b]]) for a, b in windows]
+            requests += _requests(pcm, windows, system, prompt)
             owner += [i] * len(windows)
         outputs: List[Union[Transcription, Exception, None]] = [e if isinstance(e, Exception) else None for e in loaded]
         pending = {i: [] for i, item in enumerate(loaded) if not isinstance(item, Exception)}
@@ -259,7 +259,7 @@ class Model:
             for i, e in enumerate(outputs):
                 if isinstance(e, Exception):
                     on_result(i, e)
-        bar = _bar(progress, float(len(audios)), None, unit="file")
+        bar = _bar(progress, float(len(audios)), unit="file")
 
         def complete(i: int) -> None:
             pcm, windows = loaded[i]  # type: ignore[misc]
@@ -353,12 +353,6 @@ class Model:
         finally:
             if bar is not None:
                 bar.close()
-
-    def _run_all(self, requests, params, batch_size, bar) -> List[Dict[str, Any]]:
-        out: List[Dict[str, Any]] = []
-        for _, results in self._batches(requests, params, batch_size, bar):
-            out += results
-        return out
 
     def _generate(self, requests, params, on_piece) -> List[Dict[str, Any]]:
         try:
@@ -513,7 +507,14 @@ def _drain_log() -> None:
         _llama_log.log(_LEVELS.get(level, logging.DEBUG), "%s", line)
 
 
-def _bar(enabled: bool, total: float, steps: Optional[List[float]], unit: str = "s"):
+def _requests(pcm: np.ndarray, windows: List[Tuple[int, int]], system: Optional[str],
+              prompt: Optional[str]) -> List[Tuple[str, List[np.ndarray]]]:
+    """One engine request (prompt text, [audio]) per window."""
+    text = build_prompt(system, prompt)
+    return [(text, [pcm[a:b]]) for a, b in windows]
+
+
+def _bar(enabled: bool, total: float, unit: str = "s"):
     """A tqdm bar on stderr, or None."""
     if not enabled:
         return None
