@@ -177,7 +177,7 @@ class Engine {
 public:
     Engine(const std::string& model_path, const std::string& mmproj_path, int n_threads, std::string device,
            int n_ctx, int n_batch, int n_seq_max, bool flash_attn)
-        : n_threads_(n_threads), n_batch_(n_batch), n_seq_max_(std::max(1, n_seq_max)) {
+        : n_batch_(n_batch), n_seq_max_(std::max(1, n_seq_max)) {
         ensure_backend();
         auto t0 = std::chrono::steady_clock::now();
         py::gil_scoped_release nogil;
@@ -448,6 +448,8 @@ private:
         if (static_cast<int>(total) + 1 > static_cast<int>(llama_n_ctx_seq(ctx_)))
             throw std::length_error("the request needs " + std::to_string(total) + " prompt tokens but a sequence's context holds " +
                                     std::to_string(llama_n_ctx_seq(ctx_)) + "; use shorter audio windows or a larger n_ctx");
+        if (n_chunks == 0 || mtmd_input_chunk_get_type(mtmd_input_chunks_get(chunks.get(), n_chunks - 1)) != MTMD_INPUT_CHUNK_TYPE_TEXT)
+            throw std::invalid_argument("the prompt must end with text after the audio marker");
         s.n_prompt = static_cast<int>(total);
         for (size_t i = 0; i < n_chunks; ++i) {
             const mtmd_input_chunk* c = mtmd_input_chunks_get(chunks.get(), i);
@@ -468,7 +470,6 @@ private:
                                                    &new_n_past, nullptr, nullptr) != 0)
                     throw engine_error("decoding the audio embeddings failed");
                 s.prefill_ms += ms_since(t1);
-                if (last) throw std::invalid_argument("the prompt must not end with the audio marker");
             }
             s.n_past = new_n_past;
         }
@@ -505,7 +506,7 @@ private:
     llama_context* ctx_ = nullptr;
     mtmd_context* mctx_ = nullptr;
     const llama_vocab* vocab_ = nullptr;
-    int n_threads_, n_batch_, n_seq_max_;
+    int n_batch_, n_seq_max_;
     int sample_rate_ = 0;
     double load_ms_ = 0;
     std::string device_;

@@ -124,7 +124,7 @@ def test_two_threads_share_one_model(model):
 def test_batched_sequences_equal_single(model):
     clips = [chirp(2.0), chirp(1.5, f0=800, f1=300), chirp(2.0)]
     single = [model.transcribe(c, sample_rate=RATE, max_new_tokens=12).tokens for c in clips]
-    batched = model.transcribe_batch([(c) for c in clips], sample_rate=RATE, max_new_tokens=12, batch_size=3)
+    batched = model.transcribe_batch(clips, sample_rate=RATE, max_new_tokens=12, batch_size=3)
     assert [r.tokens for r in batched] == single
 
 
