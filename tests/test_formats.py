@@ -117,7 +117,9 @@ def test_json():
               "segments": [Segment(0, 0.0, np.float64(2.5), "hi", [5, np.int64(7)])]}
     back = json.loads(to_json(result))
     assert back == {"text": "hi", "language": None, "duration": 2.5,
-                    "segments": [{"id": 0, "start": 0.0, "end": 2.5, "text": "hi", "tokens": [5, 7]}]}
+                    "segments": [{"id": 0, "start": 0.0, "end": 2.5, "text": "hi", "tokens": [5, 7],
+                                  "stop_reason": "stop", "avg_logprob": None, "compression_ratio": None,
+                                  "temperature": 0.0, "error": None}]}
     assert "Ü" in to_json({"t": "Ü"})  # UTF-8, not \\u escapes
     with pytest.raises(TypeError):
         to_json({"x": object()})

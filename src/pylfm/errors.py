@@ -23,3 +23,16 @@ class DeviceError(PylfmError, ValueError):
 
 class ConversionError(PylfmError):
     """A checkpoint could not be converted to GGUF (or a GGUF not quantized)."""
+
+
+class TranscriptionCancelled(PylfmError):
+    """A transcription was stopped (``cancel=`` was set, or its iterator closed);
+    ``partial`` is the `Transcription` of what was decoded before it stopped."""
+
+    def __init__(self, message: str, partial: object = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+class TranscriptionTimeout(TranscriptionCancelled, TimeoutError):
+    """A transcription did not finish within its ``timeout=``; ``partial`` as above."""

@@ -20,7 +20,7 @@ import re
 import secrets
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, List, Mapping, Sequence, Union
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
 
 __all__ = [
     "FORMATS",
@@ -42,13 +42,25 @@ FORMATS = ("txt", "json", "srt", "vtt")
 
 @dataclass
 class Segment:
-    """A piece of transcript with its time span in seconds from the start of the audio."""
+    """A piece of transcript with its time span in seconds from the start of the audio.
+
+    For transcribed windows: ``stop_reason`` is why decoding ended ("stop", "length" at
+    max_new_tokens, "context", "repetition" when the loop guard stopped it and no
+    fallback did better, "cancelled", "error" with the message in ``error``);
+    ``avg_logprob`` is the mean log-probability of its tokens, ``compression_ratio`` the
+    gzip ratio of its text and ``temperature`` the one its kept decoding used.
+    """
 
     id: int
     start: float
     end: float
     text: str
     tokens: List[int] = field(default_factory=list)
+    stop_reason: str = "stop"
+    avg_logprob: Optional[float] = None
+    compression_ratio: Optional[float] = None
+    temperature: float = 0.0
+    error: Optional[str] = None
 
     def to_dict(self) -> "dict[str, Any]":
         return dataclasses.asdict(self)

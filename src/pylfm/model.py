@@ -1,8 +1,9 @@
 """`Model`: an LFM2-Audio model held in memory, and `transcribe` on top of it.
 
-The native engine (``pylfm._core.Engine``) loads the text GGUF and the mmproj once;
-this module turns what users have (paths, bytes, arrays, long recordings) into
-engine requests and the engine's output into results.
+The native engine (``pylfm._core.Engine``) loads the text GGUF and the mmproj once.
+Every way of transcribing is a thin adapter over one pipeline: the audio is loaded,
+its windows planned (`pylfm.vad.plan_windows`), and a `TranscriptionJob` goes to the
+model's `Scheduler`, which decodes windows of every job together.
 """
 
 from __future__ import annotations
@@ -11,91 +12,31 @@ import logging
 import os
 import queue
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+import weakref
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from . import _core
 from .audio import load_audio
-from .errors import DeviceError, ModelLoadError, PylfmError
+from .errors import AudioError, DeviceError, ModelLoadError, PylfmError
 from .formats import Segment
-from .prompt import ASR_SYSTEM_PROMPT, MEDIA_MARKER, build_prompt
+from .job import TranscriptionJob
+from .options import TranscribeOptions
+from .prompt import ASR_SYSTEM_PROMPT, MEDIA_MARKER, prompt_parts
 from .resolve import DEFAULT_QUANT, resolve
-from .vad import split_windows
+from .results import Transcription, TranscriptionInfo
+from .scheduler import Scheduler, drain_llama_log as _drain_log
 
 log = logging.getLogger("pylfm")
 log.addHandler(logging.NullHandler())  # a library stays silent unless the application configures logging
-_llama_log = logging.getLogger("pylfm.llama")
-# llama.cpp's own levels, one step down: its warnings (e.g. "audio input is experimental"
-# on every load) are routine for us, and its errors also reach the user as exceptions.
-_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.WARNING}
 
 DEVICES = ("auto", "cpu", "gpu", "cuda", "metal", "vulkan", "sycl", "hip")
-DEFAULT_WINDOW_S = 30.0
-# llama.cpp's LFM2A encoder has a fixed relative-position table (16k rows at 2 mel frames
-# each): one audio chunk may not exceed ~327 s, or the process aborts. Stay well below.
-MAX_WINDOW_S = 300.0
-DEFAULT_MAX_NEW_TOKENS = 512
-_CTX_PER_SEQUENCE = 2048  # a 30 s window is ~400 prompt tokens + up to 512 generated
+# Context per sequence to start with: a 30 s window (~400 prompt tokens) + 512 generated.
+# It grows when a longer window arrives (up to the model's training context).
+_START_CTX_PER_SEQUENCE = 1024
 
 AudioInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
-
-
-@dataclass
-class Timings:
-    """Milliseconds spent in each stage. Windows decoded together share one generation
-    loop; each is given an equal share of its wall time, so sums over windows (and the
-    totals of a long recording) count that time once."""
-
-    load_ms: float = 0.0
-    encode_ms: float = 0.0
-    prefill_ms: float = 0.0
-    decode_ms: float = 0.0
-
-    @property
-    def total_ms(self) -> float:
-        return self.encode_ms + self.prefill_ms + self.decode_ms
-
-    def add(self, other: "Timings") -> None:
-        self.encode_ms += other.encode_ms
-        self.prefill_ms += other.prefill_ms
-        self.decode_ms += other.decode_ms
-
-
-@dataclass
-class Transcription:
-    """What `Model.transcribe` returns. ``str(result)`` is the text."""
-
-    text: str
-    tokens: List[int]
-    segments: List[Segment]
-    duration: float
-    timings: Timings
-    device: str
-    n_prompt_tokens: int = 0
-    n_audio_tokens: int = 0
-    stop_reason: str = "stop"
-
-    def __str__(self) -> str:
-        return self.text
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.tokens)
-
-
-@dataclass
-class TranscriptionInfo:
-    """Facts about a long-form run, known before its segments are decoded
-    (timings fill in as the lazy segment iterator advances)."""
-
-    duration: float
-    sample_rate: int
-    n_windows: int
-    device: str
-    model: str
-    timings: Timings = field(default_factory=Timings)
 
 
 class Model:
@@ -108,16 +49,16 @@ class Model:
         device: "auto" (CUDA or Metal when the build has it, else CPU), "cpu", "gpu",
             "cuda", "metal", ... optionally with an index ("cuda:1").
         n_threads: CPU threads (default: the CPUs available to this process).
-        batch_size: how many windows/files are decoded as parallel sequences.
-        n_ctx: total context in tokens, shared by the parallel sequences
-            (default: 2048 per sequence).
+        batch_size: sequence slots: how many windows (of any calls) decode at once.
+        n_ctx: context per sequence in tokens; default: sized to fit each window
+            (grown when a longer one arrives). A fixed n_ctx cuts generation that does
+            not fit (stop reason "context").
         quant: which quantization to pick when downloading from the hub.
         flash_attn: let llama.cpp use flash attention where the backend supports it.
         verbose: echo llama.cpp's own log to stderr.
 
-    Thread safety: calls from several threads are safe; each call holds the engine
-    for its duration (requests are serialised). Use ``batch_size`` or
-    `transcribe_batch` for throughput.
+    Thread safety: one Model may be shared by any number of threads (and server
+    requests); their windows are batched together by the model's scheduler.
     """
 
     def __init__(self, model: Optional[Union[str, os.PathLike]] = None, mmproj: Optional[Union[str, os.PathLike]] = None,
@@ -125,17 +66,19 @@ class Model:
                  n_ctx: Optional[int] = None, quant: str = DEFAULT_QUANT, flash_attn: bool = False,
                  verbose: bool = False) -> None:
         device = _check_device(device)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         n_threads = n_threads or _available_cpus()
         if n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+        if n_ctx is not None and n_ctx < 64:
+            raise ValueError(f"n_ctx must be at least 64 tokens per sequence, got {n_ctx}")
         model_path, mmproj_path = resolve(model, mmproj, quant)
         _check_pair(model_path, mmproj_path)
         _core.set_verbose(verbose)
         try:
             self._engine = _core.Engine(str(model_path), str(mmproj_path), n_threads, device,
-                                        n_ctx or _CTX_PER_SEQUENCE * batch_size, 512, batch_size, flash_attn)
+                                        n_ctx or _START_CTX_PER_SEQUENCE, 512, batch_size, flash_attn, n_ctx is None)
         except ValueError as e:
             if "device" in str(e):
                 raise DeviceError(f"{e}. Use device='cpu' or 'auto', or install a GPU build "
@@ -146,6 +89,8 @@ class Model:
                                  "LFM2-Audio checkpoint (`pylfm inspect FILE` shows what a file is).") from None
         finally:
             _drain_log()
+        if _core.media_marker() != MEDIA_MARKER:  # pragma: no cover - guards a llama.cpp change
+            raise ModelLoadError("this llama.cpp uses another media marker; reinstall pylfm")
         self.model_path = model_path
         self.mmproj_path = mmproj_path
         self.n_threads = n_threads
@@ -153,273 +98,192 @@ class Model:
         self.sample_rate: int = self._engine.sample_rate
         self.device: str = self._engine.device
         self.load_ms: float = self._engine.load_ms
-        if _core.media_marker() != MEDIA_MARKER:  # pragma: no cover - guards a llama.cpp change
-            raise ModelLoadError("this llama.cpp uses another media marker; reinstall pylfm")
+        self.scheduler = Scheduler(self._engine)
+        self._finalizer = weakref.finalize(self, self.scheduler.close)
         log.info("loaded %s + %s on %s in %.0f ms", model_path.name, mmproj_path.name, self.device, self.load_ms)
 
     def __repr__(self) -> str:
         return f"Model(model={str(self.model_path)!r}, mmproj={str(self.mmproj_path)!r}, device={self.device!r})"
 
-    # ------------------------------------------------------------------ public API
-    def transcribe(self, audio: AudioInput, *, sample_rate: Optional[int] = None, system: Optional[str] = ASR_SYSTEM_PROMPT,
-                   prompt: Optional[str] = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0,
-                   top_k: int = 0, top_p: float = 1.0, seed: int = 0, stream: bool = False,
-                   return_segments: bool = False, window: float = DEFAULT_WINDOW_S,
-                   batch_size: Optional[int] = None, ignore_eos: bool = False,
-                   progress: bool = False) -> Union[Transcription, Iterator[str]]:
+    def close(self) -> None:
+        """Stops the model's engine thread (running requests end as cancelled)."""
+        self._finalizer()
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ transcription
+    def submit(self, audio: AudioInput, *, sample_rate: Optional[int] = None, stream: bool = False,
+               **options: Any) -> TranscriptionJob:
+        """Starts transcribing ``audio`` and returns its `TranscriptionJob` at once:
+        ``job.result()``, ``job.pieces()`` or ``job.segments()`` wait for it,
+        ``job.cancel()`` stops it. Options are `TranscribeOptions`' fields."""
+        job = self._job(audio, sample_rate, TranscribeOptions(**options), stream)
+        self.scheduler.submit(job)
+        return job
+
+    def transcribe(self, audio: AudioInput, *, sample_rate: Optional[int] = None, stream: bool = False,
+                   progress: bool = False, cancel: Optional[threading.Event] = None, timeout: Optional[float] = None,
+                   return_segments: bool = False, **options: Any) -> Union[Transcription, Iterator[str]]:
         """Transcribes one recording (or answers ``system``/``prompt`` about it).
 
         Args:
-            audio: a file path (wav/flac/ogg/mp3), encoded bytes, a binary file object, or a
-                numpy array of any int/float dtype, 1-D or 2-D (either channel order);
-                arrays need ``sample_rate``.
-            system: the system prompt; LFM2-Audio needs "Perform ASR." for transcription.
-            prompt: optional user text after the audio (e.g. a question about it).
-            max_new_tokens: generation limit per window.
-            temperature: 0 is greedy and deterministic; otherwise sampled with
-                ``top_k``/``top_p``/``seed``.
-            stream: return an iterator of text pieces as they are decoded.
-            return_segments: fill ``result.segments`` with timed windows (always filled;
-                kept for faster-whisper-style call sites).
-            window: recordings longer than this many seconds are split at pauses.
-            batch_size: windows decoded together (default: the model's batch_size).
-            ignore_eos: keep generating past end-of-generation (benchmarks, tests).
-            progress: show a progress bar over audio seconds on stderr.
+            audio: a file path, encoded bytes, a binary file object, or a numpy array of
+                any int/float dtype, 1-D or 2-D (either channel order); arrays need
+                ``sample_rate``.
+            stream: return an iterator of text pieces, in transcript order, as they are
+                decoded (long recordings are still decoded batched).
+            progress: a progress bar over audio seconds on stderr.
+            cancel: a ``threading.Event``; setting it stops the transcription within a
+                few decode steps (raises `TranscriptionCancelled` with ``.partial``).
+            timeout: seconds; past it the transcription stops (`TranscriptionTimeout`).
+            return_segments: ignored (segments are always filled; kept for
+                faster-whisper-style call sites).
+            **options: `TranscribeOptions` fields: system, prompt, max_new_tokens,
+                temperature, top_k, top_p, seed, window, max_segment, vad, vad_options,
+                loop_guard, batch_size, max_duration, ignore_eos.
 
         Returns:
-            A `Transcription` (``.text``, ``.tokens``, ``.segments``, ``.timings``), or an
-            iterator of str pieces when ``stream=True`` (they join to the same text).
+            A `Transcription` (``.text``, ``.segments``, ``.tokens``, ``.timings``,
+            ``.stop_reason``), or with ``stream=True`` an iterator of str pieces that
+            join to the same text.
         """
-        params = self._params(max_new_tokens, temperature, top_k, top_p, seed, ignore_eos)
-        pcm = self._load(audio, sample_rate)
-        windows = self._windows(pcm, window)
-        requests = _requests(pcm, windows, system, prompt)
+        job = self._job(audio, sample_rate, TranscribeOptions(**options), stream)
+        bar = _bar(progress, job.duration)
+        if bar is not None:
+            job.on_progress = bar.update
+        self.scheduler.submit(job)
         if stream:
-            return self._stream(requests, params, batch_size)
-        bar = _bar(progress, len(pcm) / self.sample_rate)
-        results = [r for _, batch in self._batches(requests, params, batch_size, bar) for r in batch]
-        return self._combine(pcm, windows, results)
+            return _closing(job.pieces(cancel, timeout), bar)
+        try:
+            return job.result(cancel, timeout)
+        finally:
+            if bar is not None:
+                bar.close()
 
-    def transcribe_segments(self, audio: AudioInput, *, sample_rate: Optional[int] = None,
-                            system: Optional[str] = ASR_SYSTEM_PROMPT, prompt: Optional[str] = None,
-                            max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_k: int = 0,
-                            top_p: float = 1.0, seed: int = 0, window: float = DEFAULT_WINDOW_S,
-                            batch_size: Optional[int] = None,
-                            progress: bool = False) -> Tuple[Iterator[Segment], TranscriptionInfo]:
-        """Like faster-whisper's ``WhisperModel.transcribe``: returns a lazy iterator of
-        `Segment` (decoded batch by batch as you iterate) and a `TranscriptionInfo`."""
-        params = self._params(max_new_tokens, temperature, top_k, top_p, seed, False)
-        pcm = self._load(audio, sample_rate)
-        windows = self._windows(pcm, window)
-        info = TranscriptionInfo(duration=len(pcm) / self.sample_rate, sample_rate=self.sample_rate,
-                                 n_windows=len(windows), device=self.device, model=self.model_path.name,
-                                 timings=Timings(load_ms=self.load_ms))
-        requests = _requests(pcm, windows, system, prompt)
-        bar = _bar(progress, info.duration)
+    def transcribe_segments(self, audio: AudioInput, *, sample_rate: Optional[int] = None, progress: bool = False,
+                            cancel: Optional[threading.Event] = None, timeout: Optional[float] = None,
+                            **options: Any) -> Tuple[Iterator[Segment], TranscriptionInfo]:
+        """Like faster-whisper's ``WhisperModel.transcribe``: a lazy iterator of `Segment`
+        (decoding starts at the first ``next()``; segments come in order as they are
+        ready) and a `TranscriptionInfo` known up front."""
+        job = self._job(audio, sample_rate, TranscribeOptions(**options), False)
+        bar = _bar(progress, job.duration)
 
         def segments() -> Iterator[Segment]:
-            for start, results in self._batches(requests, params, batch_size, bar):
-                for k, r in enumerate(results):
-                    a, b = windows[start + k]
-                    info.timings.add(_timings(r))
-                    text = r["text"].strip()
-                    if text:
-                        yield Segment(id=start + k, start=a / self.sample_rate, end=b / self.sample_rate,
-                                      text=text, tokens=list(r["tokens"]))
-        return segments(), info
+            if bar is not None:
+                job.on_progress = bar.update
+            self.scheduler.submit(job)
+            yield from _closing(job.segments(cancel, timeout), bar)
+
+        return segments(), job.info
 
     def transcribe_batch(self, audios: Sequence[AudioInput], *, sample_rate: Optional[int] = None,
-                         system: Optional[str] = ASR_SYSTEM_PROMPT, prompt: Optional[str] = None,
-                         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float = 0.0, top_k: int = 0,
-                         top_p: float = 1.0, seed: int = 0, window: float = DEFAULT_WINDOW_S,
-                         batch_size: Optional[int] = None, progress: bool = False,
-                         on_result: Optional[Callable[[int, Union[Transcription, Exception]], None]] = None
-                         ) -> List[Union[Transcription, Exception]]:
-        """Transcribes several recordings, decoding windows of all of them as parallel
-        sequences. An input that cannot be read yields its exception in the returned
-        list (and to ``on_result``) instead of stopping the others."""
-        params = self._params(max_new_tokens, temperature, top_k, top_p, seed, False)
-        loaded: List[Union[Tuple[np.ndarray, List[Tuple[int, int]]], Exception]] = []
-        for a in audios:
-            try:
-                pcm = self._load(a, sample_rate)
-                loaded.append((pcm, self._windows(pcm, window)))
-            except (PylfmError, OSError, ValueError) as e:
-                loaded.append(e)
-        requests, owner = [], []
-        for i, item in enumerate(loaded):
-            if isinstance(item, Exception):
-                continue
-            pcm, windows = item
-            requests += _requests(pcm, windows, system, prompt)
-            owner += [i] * len(windows)
-        outputs: List[Union[Transcription, Exception, None]] = [e if isinstance(e, Exception) else None for e in loaded]
-        pending = {i: [] for i, item in enumerate(loaded) if not isinstance(item, Exception)}
-        if on_result:
-            for i, e in enumerate(outputs):
-                if isinstance(e, Exception):
-                    on_result(i, e)
+                         progress: bool = False,
+                         on_result: Optional[Callable[[int, Union[Transcription, Exception]], None]] = None,
+                         **options: Any) -> List[Union[Transcription, Exception]]:
+        """Transcribes several recordings, their windows decoded together. An input that
+        cannot be read or transcribed gives its exception in the returned list (and to
+        ``on_result(index, result)``, called as each finishes) instead of stopping the
+        others. Inputs are loaded while earlier ones decode, a few at a time."""
+        opts = TranscribeOptions(**options)
+        outputs: List[Union[Transcription, Exception, None]] = [None] * len(audios)
+        finished: "queue.Queue[Tuple[int, Optional[TranscriptionJob], Optional[Exception]]]" = queue.Queue()
         bar = _bar(progress, float(len(audios)), unit="file")
+        ahead = 2 * self._engine.n_seq_max  # files loaded and queued beyond the one decoding
+        started = active = 0
 
-        def complete(i: int) -> None:
-            pcm, windows = loaded[i]  # type: ignore[misc]
-            outputs[i] = self._combine(pcm, windows, pending.pop(i))
-            if bar:
-                bar.update(1)
-            if on_result:
-                on_result(i, outputs[i])
+        def start(i: int) -> None:
+            try:
+                job = self._job(audios[i], sample_rate, opts, False)
+            except (PylfmError, OSError, ValueError, TypeError) as e:
+                finished.put((i, None, e))
+                return
+            job.on_finished = lambda j, i=i: finished.put((i, j, None))
+            if job.done:  # nothing to decode (silence)
+                finished.put((i, job, None))
+            else:
+                self.scheduler.submit(job)
 
-        for i in [i for i, res in pending.items() if not loaded[i][1]]:  # silent files: nothing to decode
-            complete(i)
-        for start, results in self._batches(requests, params, batch_size, None):
-            for k, r in enumerate(results):
-                i = owner[start + k]
-                pending[i].append(r)
-                if len(pending[i]) == len(loaded[i][1]):  # type: ignore[index]
-                    complete(i)
-        if bar:
-            bar.close()
+        try:
+            while started < len(audios) or active:
+                while started < len(audios) and active < ahead:
+                    start(started)
+                    started += 1
+                    active += 1
+                i, job, error = finished.get()
+                active -= 1
+                if job is not None:
+                    try:
+                        outputs[i] = job.result()
+                    except PylfmError as e:
+                        outputs[i] = e
+                else:
+                    outputs[i] = error
+                if bar is not None:
+                    bar.update(1)
+                if on_result is not None:
+                    on_result(i, outputs[i])  # type: ignore[arg-type]
+        finally:
+            if bar is not None:
+                bar.close()
         return outputs  # type: ignore[return-value]
 
+    # ------------------------------------------------------------------ engine probes
     def encode_audio(self, audio: AudioInput, *, sample_rate: Optional[int] = None) -> np.ndarray:
         """The audio embeddings the language model receives: (n_tokens, n_embd) float32."""
         pcm = self._load(audio, sample_rate)
-        try:
-            return self._engine.encode_audio(pcm)
-        finally:
-            _drain_log()
+        return self._call(self._engine.encode_audio, pcm)
 
     def first_logits(self, audio: AudioInput, *, sample_rate: Optional[int] = None,
                      system: Optional[str] = ASR_SYSTEM_PROMPT, prompt: Optional[str] = None) -> np.ndarray:
         """Logits (n_vocab,) at the first generated position after the prompt and audio."""
         pcm = self._load(audio, sample_rate)
-        try:
-            return self._engine.first_logits([(build_prompt(system, prompt), [pcm])])
-        finally:
-            _drain_log()
+        return self._call(self._engine.first_logits, prompt_parts(system, prompt), [pcm])
 
     def prompt_tokens(self, audio: AudioInput, *, sample_rate: Optional[int] = None,
                       system: Optional[str] = ASR_SYSTEM_PROMPT, prompt: Optional[str] = None) -> List[int]:
         """Token ids of the full prompt; the audio's positions are -1."""
         pcm = self._load(audio, sample_rate)
-        return list(self._engine.prompt_tokens(build_prompt(system, prompt), [pcm]))
+        return list(self._call(self._engine.prompt_tokens, prompt_parts(system, prompt), [pcm]))
+
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` takes as plain (user) text."""
+        return self._engine.count_tokens(text, False)
 
     def token_text(self, token: int) -> str:
         """The text of one token id (special tokens shown as themselves)."""
         return self._engine.token_piece(int(token), True).decode("utf-8", "replace")
 
     # ------------------------------------------------------------------ internals
-    def _params(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float, seed: int,
-                ignore_eos: bool) -> "_core.SamplingParams":
-        if int(max_new_tokens) <= 0:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        p = _core.SamplingParams()
-        p.max_new_tokens, p.temperature, p.top_k, p.top_p = int(max_new_tokens), float(temperature), int(top_k), float(top_p)
-        p.seed, p.ignore_eos = int(seed) & 0xFFFFFFFF, bool(ignore_eos)
-        return p
+    def _job(self, audio: AudioInput, sample_rate: Optional[int], opts: TranscribeOptions,
+             stream: bool) -> TranscriptionJob:
+        from .vad import plan_windows
 
-    def _load(self, audio: AudioInput, sample_rate: Optional[int]) -> np.ndarray:
-        return load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate)
+        pcm = self._load(audio, sample_rate, opts.max_duration)
+        windows = plan_windows(pcm, self.sample_rate, window=opts.segment_limit, vad=opts.vad, options=opts.vad_options)
+        return TranscriptionJob(pcm, self.sample_rate, windows, opts, device=self.device,
+                                model_name=self.model_path.name, load_ms=self.load_ms, stream=stream)
 
-    def _windows(self, pcm: np.ndarray, window: float) -> List[Tuple[int, int]]:
-        """Spans to decode: the whole clip when it fits one window (unless it is silent),
-        else windows cut at pauses. Silence yields no window, so no hallucinated text."""
-        if not 0 < window <= MAX_WINDOW_S:
-            raise ValueError(f"window must be between 0 and {MAX_WINDOW_S:g} seconds (the audio encoder's "
-                             f"limit for one piece of audio), got {window}")
-        spans = split_windows(pcm, self.sample_rate, max_window_s=window)
-        if not spans:
-            return []
-        if len(pcm) <= window * self.sample_rate:
-            return [(0, len(pcm))]
-        return spans
+    def _load(self, audio: AudioInput, sample_rate: Optional[int], max_duration: Optional[float] = None) -> np.ndarray:
+        pcm = load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate)
+        if max_duration is not None and len(pcm) > max_duration * self.sample_rate:
+            raise AudioError(f"the audio is {len(pcm) / self.sample_rate:.1f} s long, more than max_duration="
+                             f"{max_duration:g} s")
+        return pcm
 
-    def _batches(self, requests: List[Tuple[str, list]], params: "_core.SamplingParams", batch_size: Optional[int],
-                 bar: Any) -> Iterator[Tuple[int, List[Dict[str, Any]]]]:
-        size = max(1, min(batch_size or self.batch_size, self._engine.n_seq_max))
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            for start in range(0, len(requests), size):
-                chunk = requests[start:start + size]
-                results = self._generate(chunk, params, None)
-                for r in results:  # the sequences shared one generation loop
-                    r["decode_ms"] /= len(results)
-                if bar is not None:
-                    bar.update(sum(len(r[1][0]) for r in chunk) / self.sample_rate)
-                yield start, results
-        finally:
-            if bar is not None:
-                bar.close()
-
-    def _generate(self, requests, params, on_piece) -> List[Dict[str, Any]]:
-        try:
-            return self._engine.generate(requests, params, on_piece)
+            return fn(*args)
         except ValueError as e:
             raise PylfmError(str(e)) from None
         except RuntimeError as e:
             raise PylfmError(f"inference failed: {e}") from None
         finally:
             _drain_log()
-
-    def _stream(self, requests, params, batch_size) -> Iterator[str]:
-        """Runs the windows in a worker thread and yields pieces in order; windows are
-        joined by a space. Closing the iterator early cancels the generation."""
-        pieces: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
-        cancelled = threading.Event()
-
-        def on_piece(_i: int, piece: str) -> bool:
-            pieces.put(("piece", piece))
-            return not cancelled.is_set()
-
-        def work() -> None:
-            try:
-                for k, req in enumerate(requests):  # one window at a time keeps the order
-                    if cancelled.is_set():
-                        break
-                    if k:
-                        pieces.put(("piece", " "))
-                    self._generate([req], params, on_piece)
-                pieces.put(("end", None))
-            except BaseException as e:  # handed to the consumer
-                pieces.put(("error", e))
-
-        def iterate() -> Iterator[str]:
-            worker = threading.Thread(target=work, daemon=True)
-            worker.start()
-            try:
-                while True:
-                    kind, value = pieces.get()
-                    if kind == "piece":
-                        yield value
-                    elif kind == "error":
-                        raise value
-                    else:
-                        return
-            finally:
-                cancelled.set()
-                worker.join()
-        return iterate()
-
-    def _combine(self, pcm: np.ndarray, windows: List[Tuple[int, int]], results: List[Dict[str, Any]]) -> Transcription:
-        timings = Timings(load_ms=self.load_ms)
-        segments, tokens = [], []
-        for k, ((a, b), r) in enumerate(zip(windows, results)):
-            timings.add(_timings(r))
-            tokens += list(r["tokens"])
-            text = r["text"].strip() if len(windows) > 1 else r["text"]
-            if text.strip():
-                segments.append(Segment(id=k, start=a / self.sample_rate, end=b / self.sample_rate, text=text.strip(),
-                                        tokens=list(r["tokens"])))
-        text = results[0]["text"] if len(results) == 1 else " ".join(s.text for s in segments)
-        return Transcription(
-            text=text, tokens=tokens, segments=segments, duration=len(pcm) / self.sample_rate, timings=timings,
-            device=self.device,
-            n_prompt_tokens=sum(r["n_prompt_tokens"] for r in results),
-            n_audio_tokens=sum(r["n_audio_tokens"] for r in results),
-            stop_reason=results[-1]["stop_reason"] if results else "silence")
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -429,7 +293,7 @@ _default_lock = threading.Lock()
 
 
 def transcribe(audio: AudioInput, model: Optional[Union[str, os.PathLike]] = None,
-               mmproj: Optional[Union[str, os.PathLike]] = None, **kwargs: Any) -> str:
+               mmproj: Optional[Union[str, os.PathLike]] = None, **kwargs: Any) -> Any:
     """Transcribes ``audio`` and returns the text, reusing one cached default `Model`
     (loaded on first use; reloaded when ``model``/``mmproj`` change).
 
@@ -440,6 +304,8 @@ def transcribe(audio: AudioInput, model: Optional[Union[str, os.PathLike]] = Non
            os.environ.get("PYLFM_MODEL"), os.environ.get("PYLFM_MMPROJ"))
     with _default_lock:
         if _default_model is None or _default_key != key:
+            if _default_model is not None:
+                _default_model.close()
             _default_model = None
             _default_model = Model(model, mmproj)
             _default_key = key
@@ -451,10 +317,6 @@ def transcribe(audio: AudioInput, model: Optional[Union[str, os.PathLike]] = Non
 def system_info() -> Dict[str, Any]:
     """The backends compiled into this build (CPU, CUDA, Metal, ...) and visible devices."""
     return dict(_core.system_info())
-
-
-def _timings(r: Dict[str, Any]) -> Timings:
-    return Timings(encode_ms=r["encode_ms"], prefill_ms=r["prefill_ms"], decode_ms=r["decode_ms"])
 
 
 def _check_device(device: str) -> str:
@@ -502,16 +364,14 @@ def _available_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _drain_log() -> None:
-    for level, line in _core.pop_log():
-        _llama_log.log(_LEVELS.get(level, logging.DEBUG), "%s", line)
-
-
-def _requests(pcm: np.ndarray, windows: List[Tuple[int, int]], system: Optional[str],
-              prompt: Optional[str]) -> List[Tuple[str, List[np.ndarray]]]:
-    """One engine request (prompt text, [audio]) per window."""
-    text = build_prompt(system, prompt)
-    return [(text, [pcm[a:b]]) for a, b in windows]
+def _closing(it: Iterator[Any], bar: Any) -> Iterator[Any]:
+    """``it``, closing the progress bar (and, through ``it``, the job) however it ends."""
+    try:
+        yield from it
+    finally:
+        it.close()  # type: ignore[attr-defined]
+        if bar is not None:
+            bar.close()
 
 
 def _bar(enabled: bool, total: float, unit: str = "s"):

@@ -285,3 +285,15 @@ def _widen_tiny(windows: List[Span], n: int, min_len: int) -> List[Span]:
             w[0] -= short
             out[i - 1][1] = w[0]
     return [(int(s), int(e)) for s, e in out]
+
+
+def plan_windows(pcm: np.ndarray, rate: float, *, window: float = 30.0, vad: Optional[str] = "energy",
+                 options: object = None) -> List[Span]:
+    """The windows to decode: the whole clip when it fits one window (unless it has no
+    speech), else windows cut at pauses. Silence yields no window."""
+    spans = split_windows(pcm, rate, max_window_s=window)
+    if not spans:
+        return []
+    if len(pcm) <= window * rate:
+        return [(0, len(pcm))]
+    return spans

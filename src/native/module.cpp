@@ -1,0 +1,240 @@
+// pylfm._core: Python bindings of the native engine.
+//
+// The C++ owns the engine loop (engine.cpp); Python owns audio I/O, prompts, window
+// planning, which request runs next, joining results, formats and the CLI.
+// Every call that does engine work releases the GIL.
+
+#include <pybind11/functional.h>
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+
+#include "common.h"
+#include "engine.h"
+
+namespace py = pybind11;
+using namespace pylfm;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+std::vector<float> to_pcm(const py::handle& obj) {
+    FloatArray a = py::cast<FloatArray>(obj);
+    if (a.ndim() != 1) throw std::invalid_argument("audio must be a 1-D float32 array");
+    return std::vector<float>(a.data(), a.data() + a.size());
+}
+
+// parts: a list whose items are (text: str, special: bool) or an int (index into audio).
+std::vector<PromptPart> to_parts(const py::list& items) {
+    std::vector<PromptPart> parts;
+    for (auto item : items) {
+        PromptPart p;
+        if (py::isinstance<py::int_>(item)) {
+            p.audio = item.cast<int>();
+        } else {
+            auto t = item.cast<py::tuple>();
+            p.text = t[0].cast<std::string>();
+            p.special = t[1].cast<bool>();
+        }
+        parts.push_back(std::move(p));
+    }
+    return parts;
+}
+
+std::vector<std::vector<float>> to_audio(const py::list& items) {
+    std::vector<std::vector<float>> out;
+    for (auto a : items) out.push_back(to_pcm(a));
+    return out;
+}
+
+// Text from llama.cpp's log or a path may hold any bytes; never fail on it.
+py::str safe_str(const std::string& s) {
+    return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), static_cast<py::ssize_t>(s.size()), "replace"));
+}
+
+py::array_t<float> to_array(const std::vector<float>& v, py::ssize_t rows, py::ssize_t cols) {
+    py::array_t<float> out = cols ? py::array_t<float>({rows, cols}) : py::array_t<float>(rows);
+    std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
+    return out;
+}
+
+py::dict result_dict(const Result& r) {
+    py::dict d;
+    d["text"] = r.text;
+    d["tokens"] = r.tokens;
+    d["stop_reason"] = r.stop_reason;
+    d["n_prompt_tokens"] = r.n_prompt_tokens;
+    d["n_audio_tokens"] = r.n_audio_tokens;
+    d["encode_ms"] = r.encode_ms;
+    d["prefill_ms"] = r.prefill_ms;
+    d["decode_ms"] = r.decode_ms;
+    d["sum_logprob"] = r.sum_logprob;
+    return d;
+}
+
+py::dict system_info() {
+    ensure_backend();
+    py::list backends, devices;
+    for (size_t i = 0; i < ggml_backend_reg_count(); ++i) backends.append(std::string(ggml_backend_reg_name(ggml_backend_reg_get(i))));
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t d = ggml_backend_dev_get(i);
+        py::dict dd;
+        dd["name"] = std::string(ggml_backend_dev_name(d));
+        dd["description"] = std::string(ggml_backend_dev_description(d));
+        dd["backend"] = std::string(ggml_backend_reg_name(ggml_backend_dev_backend_reg(d)));
+        auto t = ggml_backend_dev_type(d);
+        dd["type"] = t == GGML_BACKEND_DEVICE_TYPE_CPU ? "cpu" : t == GGML_BACKEND_DEVICE_TYPE_ACCEL ? "accel" : "gpu";
+        size_t free_b = 0, total_b = 0;
+        ggml_backend_dev_memory(d, &free_b, &total_b);
+        dd["memory_total"] = total_b;
+        devices.append(dd);
+    }
+    py::dict out;
+    out["backends"] = backends;
+    out["devices"] = devices;
+    out["gpu_offload"] = llama_supports_gpu_offload();
+    out["llama_system_info"] = std::string(llama_print_system_info());
+    return out;
+}
+
+void quantize(const std::string& src, const std::string& dst, int ftype, int n_threads) {
+    ensure_backend();
+    llama_model_quantize_params p = llama_model_quantize_default_params();
+    p.ftype = static_cast<llama_ftype>(ftype);
+    p.nthread = n_threads;
+    uint32_t rc;
+    {
+        py::gil_scoped_release nogil;
+        rc = llama_model_quantize(src.c_str(), dst.c_str(), &p);
+    }
+    if (rc != 0) throw engine_error("quantizing '" + src + "' failed");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "pylfm native core: LFM2-Audio inference over llama.cpp's libllama + libmtmd";
+
+    py::class_<SamplingParams>(m, "SamplingParams")
+        .def(py::init<>())
+        .def_readwrite("max_new_tokens", &SamplingParams::max_new_tokens)
+        .def_readwrite("temperature", &SamplingParams::temperature)
+        .def_readwrite("top_k", &SamplingParams::top_k)
+        .def_readwrite("top_p", &SamplingParams::top_p)
+        .def_readwrite("seed", &SamplingParams::seed)
+        .def_readwrite("ignore_eos", &SamplingParams::ignore_eos)
+        .def_readwrite("repeat_penalty", &SamplingParams::repeat_penalty)
+        .def_readwrite("repeat_last_n", &SamplingParams::repeat_last_n)
+        .def_readwrite("loop_max_period", &SamplingParams::loop_max_period)
+        .def_readwrite("loop_min_repeats", &SamplingParams::loop_min_repeats)
+        .def_readwrite("loop_min_span", &SamplingParams::loop_min_span);
+
+    py::class_<CancelFlag, std::shared_ptr<CancelFlag>>(m, "CancelFlag",
+                                                        "An atomic flag the engine reads at every step, without the GIL.")
+        .def(py::init<>())
+        .def("set", [](CancelFlag& f) { f.set.store(true); })
+        .def_property_readonly("is_set", [](const CancelFlag& f) { return f.set.load(); });
+
+    py::class_<Engine>(m, "Engine")
+        .def(py::init([](const std::string& model, const std::string& mmproj, int n_threads, const std::string& device,
+                         int n_ctx_seq, int n_batch, int n_seq_max, bool flash_attn, bool grow_ctx) {
+                 py::gil_scoped_release nogil;
+                 return new Engine(model, mmproj, n_threads, device, n_ctx_seq, n_batch, n_seq_max, flash_attn, grow_ctx);
+             }),
+             py::arg("model"), py::arg("mmproj"), py::arg("n_threads"), py::arg("device"), py::arg("n_ctx_seq"),
+             py::arg("n_batch"), py::arg("n_seq_max"), py::arg("flash_attn"), py::arg("grow_ctx"))
+        .def_property_readonly("sample_rate", &Engine::sample_rate)
+        .def_property_readonly("n_vocab", &Engine::n_vocab)
+        .def_property_readonly("n_embd", &Engine::n_embd)
+        .def_property_readonly("n_ctx_seq", &Engine::n_ctx_seq)
+        .def_property_readonly("max_ctx_seq", &Engine::max_ctx_seq)
+        .def_property_readonly("n_seq_max", &Engine::n_seq_max)
+        .def_property_readonly("load_ms", &Engine::load_ms)
+        .def_property_readonly("device", &Engine::device)
+        .def_property_readonly("description", &Engine::description)
+        .def("token_piece", [](const Engine& e, int token, bool special) { return py::bytes(e.token_piece(token, special)); },
+             py::arg("token"), py::arg("special") = true)
+        .def("is_eog", &Engine::is_eog)
+        .def("count_tokens", &Engine::count_tokens, py::arg("text"), py::arg("special") = false)
+        .def("submit", [](Engine& e, uint64_t id, const py::list& parts, const py::list& audio, const SamplingParams& params,
+                          std::shared_ptr<CancelFlag> cancel) {
+                 Request r;
+                 r.id = id;
+                 r.parts = to_parts(parts);
+                 r.audio = to_audio(audio);
+                 r.params = params;
+                 r.cancel = std::move(cancel);
+                 py::gil_scoped_release nogil;
+                 e.submit(std::move(r));
+             },
+             py::arg("id"), py::arg("parts"), py::arg("audio"), py::arg("params"), py::arg("cancel"),
+             "Queue a request; its events reach the callback given to run().")
+        .def("run", [](Engine& e, py::function on_events) {
+                 // Events go to Python once per step: [(kind, id, payload)], kind 0 = text piece
+                 // (payload str), 1 = done (payload dict), 2 = error (payload message).
+                 EventSink sink = [&on_events](std::vector<Event>& events) {
+                     py::gil_scoped_acquire gil;
+                     py::list out;
+                     for (auto& ev : events) {
+                         py::object payload = ev.kind == Event::Done ? py::object(result_dict(*ev.result))
+                                                                     : py::object(safe_str(ev.text));
+                         out.append(py::make_tuple(static_cast<int>(ev.kind), ev.id, payload));
+                     }
+                     try {
+                         on_events(out);
+                     } catch (py::error_already_set& err) {
+                         err.discard_as_unraisable("pylfm engine event callback");
+                     }
+                 };
+                 py::gil_scoped_release nogil;
+                 e.run(sink);
+             },
+             "The scheduler loop: blocks until shutdown(); run it on one thread.")
+        .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>())
+        .def("prompt_tokens", [](Engine& e, const py::list& parts, const py::list& audio) {
+            auto p = to_parts(parts);
+            auto a = to_audio(audio);
+            py::gil_scoped_release nogil;
+            return e.prompt_tokens(p, a);
+        })
+        .def("encode_audio", [](Engine& e, const py::handle& pcm) {
+            std::vector<float> a = to_pcm(pcm);
+            size_t n = 0;
+            std::vector<float> embd;
+            {
+                py::gil_scoped_release nogil;
+                embd = e.encode_audio(a, n);
+            }
+            return to_array(embd, static_cast<py::ssize_t>(n), e.n_embd());
+        })
+        .def("first_logits", [](Engine& e, const py::list& parts, const py::list& audio) {
+            auto p = to_parts(parts);
+            auto a = to_audio(audio);
+            std::vector<float> l;
+            {
+                py::gil_scoped_release nogil;
+                l = e.first_logits(p, a);
+            }
+            return to_array(l, static_cast<py::ssize_t>(l.size()), 0);
+        });
+
+    m.def("system_info", &system_info, "Compiled-in backends and visible devices.");
+    m.def("quantize", &quantize, py::arg("src"), py::arg("dst"), py::arg("ftype"), py::arg("n_threads") = 0,
+          "Quantize a text-model GGUF with llama_model_quantize.");
+    m.def("set_verbose", [](bool on) { ensure_backend(); set_log_echo(on); }, "Echo llama.cpp's log to stderr.");
+    m.def("pop_log", [] {
+        py::list out;
+        for (auto& l : pop_log()) out.append(py::make_tuple(l.first, l.second));
+        return out;
+    }, "Drain buffered (level, line) log records.");
+    m.def("media_marker", [] { return std::string(mtmd_default_marker()); });
+    m.def("sanitize_utf8", [](const py::bytes& data, bool flush) {
+        std::string buf = data;
+        std::string text = take_utf8(buf, flush);
+        return py::make_tuple(py::str(text), py::bytes(buf));
+    }, py::arg("data"), py::arg("flush") = true,
+       "The engine's byte -> text rule: (valid text, bytes of an unfinished character kept back).");
+}

@@ -1,0 +1,113 @@
+"""`TranscribeOptions`: every option of a transcription, validated once, shared by
+`Model.transcribe`, `transcribe_segments`, `transcribe_batch`, `submit`, the CLI, the
+server, ``bench`` and ``eval``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .loop_guard import LoopGuard
+from .prompt import ASR_SYSTEM_PROMPT
+
+DEFAULT_WINDOW_S = 30.0
+# llama.cpp's LFM2A encoder has a fixed relative-position table: one audio chunk may not
+# exceed ~327 s, or the process aborts. Stay well below.
+MAX_WINDOW_S = 300.0
+DEFAULT_MAX_NEW_TOKENS = 512
+VAD_METHODS = ("silero", "energy", None)
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """What to ask the model and how to cut the audio.
+
+    Attributes:
+        system: the system prompt; LFM2-Audio needs "Perform ASR." for transcription.
+        prompt: optional user text after the audio (e.g. a question about it). Both are
+            plain text: special-token strings in them are not parsed.
+        max_new_tokens: generation limit per window.
+        temperature: 0 is greedy and deterministic; otherwise sampled with
+            ``top_k``/``top_p``/``seed`` (window k uses seed + k).
+        ignore_eos: keep generating past end-of-generation (benchmarks).
+        window: the most audio decoded at once, in seconds. A recording up to this long
+            is decoded whole; a longer one is cut into windows packed from whole speech
+            regions (silence between them is not sent).
+        max_segment: if set, windows (and so segments and subtitle cues) are at most this
+            long; shorter windows are decoded in one batch.
+        vad: the speech detector for long recordings: "silero" (default), "energy", None.
+        vad_options: a `pylfm.vad.VadOptions`, or None for the defaults.
+        loop_guard: a `LoopGuard` (default) or None to turn repetition handling off.
+        batch_size: how many windows of this recording may decode at once (default: as
+            many as the model has free sequence slots).
+        max_duration: refuse audio longer than this many seconds (before decoding it
+            where the container says its length).
+    """
+
+    system: Optional[str] = ASR_SYSTEM_PROMPT
+    prompt: Optional[str] = None
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    ignore_eos: bool = False
+    window: float = DEFAULT_WINDOW_S
+    max_segment: Optional[float] = None
+    vad: Optional[str] = "silero"
+    vad_options: Any = None
+    loop_guard: Optional[LoopGuard] = field(default_factory=LoopGuard)
+    batch_size: Optional[int] = None
+    max_duration: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("system", "prompt"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string or None, got {type(value).__name__}")
+        _int(self, "max_new_tokens", 1)
+        _int(self, "top_k", 0)
+        _int(self, "seed", None)
+        _number(self, "temperature", 0.0, 2.0, "0 = greedy")
+        _number(self, "top_p", 0.0, 1.0, "in (0, 1]")
+        if self.top_p == 0:
+            raise ValueError("top_p must be in (0, 1], got 0")
+        _number(self, "window", 0.0, MAX_WINDOW_S, "the audio encoder's limit for one piece of audio")
+        if self.window < 0.2:
+            raise ValueError(f"window must be at least 0.2 seconds, got {self.window}")
+        if self.max_segment is not None:
+            _number(self, "max_segment", 0.2, self.window, "at least 0.2 s and at most window")
+        if self.vad not in VAD_METHODS:
+            raise ValueError(f"vad must be one of 'silero', 'energy' or None, got {self.vad!r}")
+        if self.loop_guard is not None and not isinstance(self.loop_guard, LoopGuard):
+            raise TypeError(f"loop_guard must be a pylfm.LoopGuard or None, got {type(self.loop_guard).__name__}")
+        if self.batch_size is not None:
+            _int(self, "batch_size", 1)
+        if self.max_duration is not None:
+            _number(self, "max_duration", 0.0, math.inf, "> 0 seconds")
+            if self.max_duration <= 0:
+                raise ValueError(f"max_duration must be > 0 seconds, got {self.max_duration}")
+
+    @property
+    def segment_limit(self) -> float:
+        """The longest window the planner may make."""
+        return self.max_segment or self.window
+
+
+def _int(opts: Any, name: str, minimum: Optional[int]) -> None:
+    value = getattr(opts, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _number(opts: Any, name: str, lo: float, hi: float, hint: str) -> None:
+    value = getattr(opts, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) and not (hi == math.inf and value == math.inf):
+        raise ValueError(f"{name} must be a finite number ({hint}), got {value}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo:g} and {hi:g} ({hint}), got {value}")
