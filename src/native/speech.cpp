@@ -1,0 +1,727 @@
+#include "speech.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+
+#include "common.h"
+#include "ggml-alloc.h"
+#include "gguf.h"
+#include "mtmd-helper.h"
+
+namespace pylfm {
+
+namespace {
+
+constexpr int kGraphSize = 2048;
+constexpr int kDetokCodes = 2048;         // rows per codebook in the detokenizer's code table
+constexpr double kMaxClipSeconds = 320.0;  // the LFM2A encoder's limit (see engine.cpp)
+constexpr int kDetokBatch = 96;           // detokenizer positions per llama_decode (16 frames)
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+struct GgufDeleter { void operator()(gguf_context* g) const { gguf_free(g); } };
+struct GgmlDeleter { void operator()(ggml_context* c) const { ggml_free(c); } };
+using GgufPtr = std::unique_ptr<gguf_context, GgufDeleter>;
+using GgmlPtr = std::unique_ptr<ggml_context, GgmlDeleter>;
+
+std::string shape_str(const ggml_tensor* t) {
+    std::string s = "[";
+    for (int i = 0; i < ggml_n_dims(t); ++i) s += (i ? ", " : "") + std::to_string(t->ne[i]);
+    return s + "]";
+}
+
+int argmax(const float* x, int n) {
+    return static_cast<int>(std::max_element(x, x + n) - x);  // the first maximum, as torch.argmax
+}
+
+SamplerPtr make_sampler(float temperature, int top_k, uint32_t seed) {
+    if (temperature <= 0.0f || top_k == 1) return nullptr;  // greedy (liquid-audio's rule)
+    SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
+    if (top_k > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(top_k));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(temperature));
+    llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(seed));
+    return chain;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- loading
+SpeechEngine::SpeechEngine(Engine& engine, const std::string& vocoder_path, const std::string& detokenizer_path)
+    : engine_(engine), model_(engine.model()), n_embd_(llama_model_n_embd(engine.model())) {
+    ensure_backend();
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+        ggml_backend_dev_t gpu = engine.gpu();
+        if (gpu) {
+            ggml_backend_t b = ggml_backend_dev_init(gpu, nullptr);
+            if (!b) throw engine_error("could not start the GPU backend for the audio head");
+            backends_.push_back(b);
+        }
+        ggml_backend_t cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
+        if (!cpu) throw engine_error("could not start the CPU backend for the audio head");
+        backends_.push_back(cpu);
+        ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(cpu));
+        auto set_threads = reinterpret_cast<ggml_backend_set_n_threads_t>(
+            ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads"));
+        if (set_threads) set_threads(cpu, engine.n_threads());
+        sched_ = ggml_backend_sched_new(backends_.data(), nullptr, static_cast<int>(backends_.size()), kGraphSize,
+                                        false, true);
+        graph_meta_.resize(kGraphSize * ggml_tensor_overhead() + ggml_graph_overhead_custom(kGraphSize, false));
+
+        load_vocoder(vocoder_path);
+        load_detokenizer(detokenizer_path);
+        make_context(4096);
+    } catch (...) {
+        free_all();
+        throw;
+    }
+    load_ms_ = ms_since(t0);
+}
+
+SpeechEngine::~SpeechEngine() { free_all(); }
+
+void SpeechEngine::free_all() {
+    if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }
+    if (detok_ctx_) { llama_free(detok_ctx_); detok_ctx_ = nullptr; }
+    if (detok_model_) { llama_model_free(detok_model_); detok_model_ = nullptr; }
+    if (sched_) { ggml_backend_sched_free(sched_); sched_ = nullptr; }
+    if (wbuf_) { ggml_backend_buffer_free(wbuf_); wbuf_ = nullptr; }
+    if (cache_buf_) { ggml_backend_buffer_free(cache_buf_); cache_buf_ = nullptr; }
+    if (wctx_) { ggml_free(wctx_); wctx_ = nullptr; }
+    if (cache_ctx_) { ggml_free(cache_ctx_); cache_ctx_ = nullptr; }
+    for (auto* b : backends_) ggml_backend_free(b);
+    backends_.clear();
+}
+
+void SpeechEngine::load_vocoder(const std::string& path) {
+    const std::string what = "the vocoder GGUF '" + path + "'";
+    ggml_context* meta_raw = nullptr;
+    gguf_init_params gp = {/*no_alloc=*/true, &meta_raw};
+    GgufPtr g(gguf_init_from_file(path.c_str(), gp));
+    GgmlPtr meta(meta_raw);
+    if (!g) throw std::invalid_argument(what + " could not be read: it is missing, not a GGUF or truncated");
+
+    auto get_u32 = [&](const char* key) {
+        int64_t id = gguf_find_key(g.get(), key);
+        if (id < 0 || gguf_get_kv_type(g.get(), id) != GGUF_TYPE_UINT32)
+            throw std::invalid_argument(what + " has no '" + key + "' key: it is not an LFM2.5-Audio vocoder "
+                                        "(vocoder-*.gguf, written by `pylfm convert` or published by LiquidAI)");
+        return static_cast<int>(gguf_get_val_u32(g.get(), id));
+    };
+    n_layer_ = get_u32("depthformer_n_layer");
+    dim_ = get_u32("depthformer_n_embd");
+    if (n_layer_ <= 0 || dim_ <= 0 || dim_ % n_head_) throw std::invalid_argument(what + " has implausible depthformer sizes");
+    head_dim_ = dim_ / n_head_;
+
+    // Which tensors, and the shape each must have (ggml order; 0 = any).
+    std::vector<std::string> names;
+    auto need = [&](const std::string& n) { names.push_back(n); };
+    for (int i = 0; i < n_layer_; ++i) {
+        std::string p = "depthformer.layers." + std::to_string(i) + ".";
+        for (const char* s : {"operator_norm.weight", "operator.qkv_proj.weight", "operator.attention.q_layernorm.weight",
+                              "operator.attention.k_layernorm.weight", "operator.out_proj.weight", "ffn_norm.weight",
+                              "feed_forward.w1.weight", "feed_forward.w2.weight", "feed_forward.w3.weight"})
+            need(p + s);
+    }
+    need("depth_linear.weight");
+    need("depth_linear.bias");
+    bool tied_logits = false;
+    for (int i = 0; i < kCodebooks; ++i) {
+        std::string p = "depth_embeddings." + std::to_string(i) + ".";
+        need(p + "embedding.weight");
+        need(p + "embedding_norm.weight");
+        if (ggml_get_tensor(meta.get(), (p + "to_logits.weight").c_str())) need(p + "to_logits.weight");
+        else tied_logits = true;
+    }
+    need("audio_embedding.embedding.weight");
+    need("emb.emb.weight");
+    for (auto& n : names)
+        if (!ggml_get_tensor(meta.get(), n.c_str()))
+            throw std::invalid_argument(what + " has no tensor '" + n + "'; it is not a complete LFM2.5-Audio vocoder "
+                                        "(convert the checkpoint again with `pylfm convert --with-speech`)");
+
+    ggml_init_params ip = {(names.size() + 1) * ggml_tensor_overhead(), nullptr, /*no_alloc=*/true};
+    wctx_ = ggml_init(ip);
+    for (auto& n : names) {
+        ggml_tensor* t = ggml_dup_tensor(wctx_, ggml_get_tensor(meta.get(), n.c_str()));
+        ggml_set_name(t, n.c_str());
+    }
+    auto W = [&](const std::string& n) { return ggml_get_tensor(wctx_, n.c_str()); };
+    layers_.resize(n_layer_);
+    for (int i = 0; i < n_layer_; ++i) {
+        std::string p = "depthformer.layers." + std::to_string(i) + ".";
+        Layer& l = layers_[i];
+        l.attn_norm = W(p + "operator_norm.weight");
+        l.wqkv = W(p + "operator.qkv_proj.weight");
+        l.q_norm = W(p + "operator.attention.q_layernorm.weight");
+        l.k_norm = W(p + "operator.attention.k_layernorm.weight");
+        l.wo = W(p + "operator.out_proj.weight");
+        l.ffn_norm = W(p + "ffn_norm.weight");
+        l.w1 = W(p + "feed_forward.w1.weight");
+        l.w2 = W(p + "feed_forward.w2.weight");
+        l.w3 = W(p + "feed_forward.w3.weight");
+    }
+    heads_.resize(kCodebooks);
+    for (int i = 0; i < kCodebooks; ++i) {
+        std::string p = "depth_embeddings." + std::to_string(i) + ".";
+        heads_[i].embd = W(p + "embedding.weight");
+        heads_[i].norm = W(p + "embedding_norm.weight");
+        heads_[i].to_logits = tied_logits ? heads_[i].embd : W(p + "to_logits.weight");
+    }
+    depth_w_ = W("depth_linear.weight");
+    depth_b_ = W("depth_linear.bias");
+    audio_embd_ = W("audio_embedding.embedding.weight");
+    detok_embd_ = W("emb.emb.weight");
+
+    // Shapes: every mismatch is a wrong or foreign file, never something to run.
+    n_audio_vocab_ = static_cast<int>(heads_[0].embd->ne[1]);
+    const int kv = n_head_kv_ * head_dim_;
+    auto check = [&](const ggml_tensor* t, int64_t ne0, int64_t ne1) {
+        if (t->ne[0] != ne0 || (ne1 >= 0 && t->ne[1] != ne1) || (ne1 < 0 && ggml_n_dims(t) != 1))
+            throw std::invalid_argument(what + ": tensor '" + ggml_get_name(t) + "' has shape " + shape_str(t) +
+                                        ", expected [" + std::to_string(ne0) + (ne1 >= 0 ? ", " + std::to_string(ne1) : "") +
+                                        "]; the file does not match the depthformer it declares");
+    };
+    if (depth_w_->ne[0] != n_embd_)
+        throw std::invalid_argument(what + " is for a backbone of width " + std::to_string(depth_w_->ne[0]) +
+                                    ", but the loaded model has width " + std::to_string(n_embd_) +
+                                    "; use the vocoder converted from the same checkpoint as the model");
+    check(depth_w_, n_embd_, static_cast<int64_t>(kCodebooks) * dim_);
+    check(depth_b_, static_cast<int64_t>(kCodebooks) * dim_, -1);
+    if (n_audio_vocab_ != kEndOfAudio + 1) throw std::invalid_argument(what + ": codebooks of " + std::to_string(n_audio_vocab_) + " entries, expected 2049");
+    for (auto& h : heads_) { check(h.embd, dim_, n_audio_vocab_); check(h.norm, dim_, -1); check(h.to_logits, dim_, n_audio_vocab_); }
+    check(audio_embd_, n_embd_, static_cast<int64_t>(kCodebooks) * n_audio_vocab_);
+    for (auto& l : layers_) {
+        check(l.attn_norm, dim_, -1); check(l.ffn_norm, dim_, -1);
+        check(l.wqkv, dim_, dim_ + 2 * kv); check(l.wo, dim_, dim_);
+        check(l.q_norm, head_dim_, -1); check(l.k_norm, head_dim_, -1);
+        check(l.w1, dim_, l.w1->ne[1]); check(l.w3, dim_, l.w1->ne[1]); check(l.w2, l.w1->ne[1], dim_);
+    }
+    if (detok_embd_->ne[1] != static_cast<int64_t>(kCodebooks) * kDetokCodes)
+        throw std::invalid_argument(what + ": emb.emb.weight has shape " + shape_str(detok_embd_) + ", expected 8 x 2048 rows");
+
+    // Weights into the first backend's memory (the GPU when there is one), read from the file.
+    wbuf_ = ggml_backend_alloc_ctx_tensors_from_buft(wctx_, ggml_backend_get_default_buffer_type(backends_[0]));
+    if (!wbuf_) throw engine_error("could not allocate memory for the audio head");
+    ggml_backend_buffer_set_usage(wbuf_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) throw std::invalid_argument(what + " could not be opened");
+    std::fseek(f, 0, SEEK_END);
+    const long long file_size = static_cast<long long>(std::ftell(f));
+    std::vector<uint8_t> buf;
+    const size_t data_offset = gguf_get_data_offset(g.get());
+    for (auto& n : names) {
+        ggml_tensor* t = W(n);
+        const int64_t id = gguf_find_tensor(g.get(), n.c_str());
+        const size_t off = data_offset + gguf_get_tensor_offset(g.get(), id);
+        const size_t nbytes = ggml_nbytes(t);
+        buf.resize(nbytes);
+        if (static_cast<long long>(off + nbytes) > file_size || std::fseek(f, static_cast<long>(off), SEEK_SET) != 0 ||
+            std::fread(buf.data(), 1, nbytes, f) != nbytes) {
+            std::fclose(f);
+            throw std::invalid_argument(what + " is truncated (tensor '" + n + "' runs past its end); get or convert it again");
+        }
+        ggml_backend_tensor_set(t, buf.data(), 0, nbytes);
+    }
+    std::fclose(f);
+
+    // KV cache of the depthformer: one position per codebook.
+    ggml_init_params cp = {(2 * static_cast<size_t>(n_layer_) + 1) * ggml_tensor_overhead(), nullptr, true};
+    ggml_context* cctx = ggml_init(cp);
+    for (auto& l : layers_) {
+        l.k_cache = ggml_new_tensor_3d(cctx, GGML_TYPE_F32, head_dim_, n_head_kv_, kCodebooks);
+        l.v_cache = ggml_new_tensor_3d(cctx, GGML_TYPE_F32, head_dim_, n_head_kv_, kCodebooks);
+    }
+    cache_buf_ = ggml_backend_alloc_ctx_tensors_from_buft(cctx, ggml_backend_get_default_buffer_type(backends_[0]));
+    if (!cache_buf_) { ggml_free(cctx); throw engine_error("could not allocate the depthformer cache"); }
+    ggml_backend_buffer_clear(cache_buf_, 0);
+    cache_ctx_ = cctx;
+}
+
+void SpeechEngine::load_detokenizer(const std::string& path) {
+    const std::string what = "the audio detokenizer GGUF '" + path + "'";
+    llama_model_params mp = llama_model_default_params();
+    ggml_backend_dev_t devs[2] = {engine_.gpu(), nullptr};
+    if (engine_.gpu()) { mp.devices = devs; mp.n_gpu_layers = -1; }
+    else { mp.n_gpu_layers = 0; }
+    detok_model_ = llama_model_load_from_file(path.c_str(), mp);
+    if (!detok_model_) throw engine_error("could not load " + what + " (tokenizer-*.gguf, an lfm2 model)");
+    char arch[64] = {0};
+    llama_model_meta_val_str(detok_model_, "general.architecture", arch, sizeof arch);
+    detok_embd_n_ = llama_model_n_embd(detok_model_);
+    n_spec_ = llama_model_n_embd_out(detok_model_);
+    if (std::string(arch) != "lfm2" || n_spec_ == detok_embd_n_ || n_spec_ % 2)
+        throw std::invalid_argument(what + " is not an LFM2.5 audio detokenizer (an lfm2 model with a " +
+                                    "spectrogram output of embedding_length_out values); pass tokenizer-*.gguf");
+    if (detok_embd_n_ != detok_embd_->ne[0])
+        throw std::invalid_argument(what + " has width " + std::to_string(detok_embd_n_) + " but the vocoder's code "
+                                    "embedding has " + std::to_string(detok_embd_->ne[0]) + "; use files of the same model");
+    char window[32] = {0};
+    if (llama_model_meta_val_str(detok_model_, "lfm2.attention.sliding_window", window, sizeof window) > 0)
+        detok_window_ = std::atoi(window);
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = 1024;
+    cp.n_batch = kDetokBatch;
+    cp.n_ubatch = kDetokBatch;
+    cp.n_seq_max = 1;
+    cp.n_threads = engine_.n_threads();
+    cp.n_threads_batch = engine_.n_threads();
+    cp.embeddings = true;
+    cp.pooling_type = LLAMA_POOLING_TYPE_NONE;
+    cp.swa_full = false;  // only the window's positions are kept: audio of any length streams through
+    cp.no_perf = true;
+    if (!engine_.gpu()) cp.op_offload = false;
+    detok_ctx_ = llama_init_from_model(detok_model_, cp);
+    if (!detok_ctx_) throw engine_error("could not create a context for " + what);
+}
+
+void SpeechEngine::make_context(int n_ctx) {
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = static_cast<uint32_t>(n_ctx);
+    cp.n_batch = 512;
+    cp.n_ubatch = 512;
+    cp.n_seq_max = 1;
+    cp.n_threads = engine_.n_threads();
+    cp.n_threads_batch = engine_.n_threads();
+    cp.pooling_type = LLAMA_POOLING_TYPE_NONE;
+    cp.no_perf = true;
+    cp.flash_attn_type = engine_.flash_attn() ? LLAMA_FLASH_ATTN_TYPE_AUTO : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (!engine_.gpu()) cp.op_offload = false;
+    if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }
+    ctx_ = llama_init_from_model(model_, cp);
+    if (!ctx_) throw engine_error("could not create a speech context of " + std::to_string(n_ctx) + " tokens");
+    n_ctx_ = static_cast<int>(llama_n_ctx(ctx_));
+}
+
+// ---------------------------------------------------------------- the audio head graphs
+ggml_context* SpeechEngine::begin_graph(ggml_cgraph** gf) {
+    ggml_init_params p = {graph_meta_.size(), graph_meta_.data(), /*no_alloc=*/true};
+    ggml_context* c = ggml_init(p);
+    *gf = ggml_new_graph_custom(c, kGraphSize, false);
+    return c;
+}
+
+void SpeechEngine::compute(ggml_cgraph* gf) {
+    if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS)
+        throw engine_error("the audio head's computation failed");
+}
+
+// Logits of codebook j: the depthformer at position j, on the slice j of depth_linear(hidden)
+// plus the embedding of the previous codebook's code; writes position j of the KV cache.
+std::vector<float> SpeechEngine::depth_step(const float* hidden, int j, int prev_code) {
+    ggml_cgraph* gf = nullptr;
+    GgmlPtr c(begin_graph(&gf));
+    ggml_context* c0 = c.get();
+    ggml_tensor* h = ggml_new_tensor_1d(c0, GGML_TYPE_F32, n_embd_);
+    ggml_set_name(h, "hidden");
+    ggml_set_input(h);
+    ggml_tensor* pos = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
+    ggml_set_name(pos, "pos");
+    ggml_set_input(pos);
+    ggml_tensor* prev = nullptr;
+
+    ggml_tensor* w = ggml_view_2d(c0, depth_w_, n_embd_, dim_, depth_w_->nb[1], static_cast<size_t>(j) * dim_ * depth_w_->nb[1]);
+    ggml_tensor* cur = ggml_mul_mat(c0, w, h);
+    cur = ggml_add(c0, cur, ggml_view_1d(c0, depth_b_, dim_, static_cast<size_t>(j) * dim_ * ggml_element_size(depth_b_)));
+    if (j > 0) {
+        prev = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
+        ggml_set_name(prev, "prev");
+        ggml_set_input(prev);
+        cur = ggml_add(c0, cur, ggml_get_rows(c0, heads_[j - 1].embd, prev));
+    }
+    const int kv = n_head_kv_ * head_dim_;
+    const size_t es = sizeof(float);
+    for (const Layer& l : layers_) {
+        ggml_tensor* x = cur;
+        ggml_tensor* n = ggml_mul(c0, ggml_rms_norm(c0, x, eps_), l.attn_norm);
+        ggml_tensor* qkv = ggml_mul_mat(c0, l.wqkv, n);  // [dim + 2 kv, 1]
+        ggml_tensor* q = ggml_view_3d(c0, qkv, head_dim_, n_head_, 1, head_dim_ * es, qkv->nb[1], 0);
+        ggml_tensor* k = ggml_view_3d(c0, qkv, head_dim_, n_head_kv_, 1, head_dim_ * es, qkv->nb[1], dim_ * es);
+        ggml_tensor* v = ggml_view_3d(c0, qkv, head_dim_, n_head_kv_, 1, head_dim_ * es, qkv->nb[1], (dim_ + kv) * es);
+        q = ggml_mul(c0, ggml_rms_norm(c0, q, eps_), l.q_norm);
+        k = ggml_mul(c0, ggml_rms_norm(c0, k, eps_), l.k_norm);
+        // liquid-audio's RoPE rotates adjacent pairs: ggml's "normal" mode
+        q = ggml_rope_ext(c0, q, pos, nullptr, head_dim_, GGML_ROPE_TYPE_NORMAL, 0, rope_base_, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        k = ggml_rope_ext(c0, k, pos, nullptr, head_dim_, GGML_ROPE_TYPE_NORMAL, 0, rope_base_, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        ggml_tensor* kc = l.k_cache;
+        ggml_tensor* vc = l.v_cache;
+        ggml_build_forward_expand(gf, ggml_cpy(c0, k, ggml_view_3d(c0, kc, head_dim_, n_head_kv_, 1, kc->nb[1], kc->nb[2], j * kc->nb[2])));
+        ggml_build_forward_expand(gf, ggml_cpy(c0, v, ggml_view_3d(c0, vc, head_dim_, n_head_kv_, 1, vc->nb[1], vc->nb[2], j * vc->nb[2])));
+        ggml_tensor* K = ggml_permute(c0, ggml_view_3d(c0, kc, head_dim_, n_head_kv_, j + 1, kc->nb[1], kc->nb[2], 0), 0, 2, 1, 3);
+        ggml_tensor* V = ggml_view_3d(c0, vc, head_dim_, n_head_kv_, j + 1, vc->nb[1], vc->nb[2], 0);
+        ggml_tensor* Q = ggml_permute(c0, q, 0, 2, 1, 3);                 // [hd, 1, heads]
+        ggml_tensor* kq = ggml_mul_mat(c0, K, Q);                          // [j+1, 1, heads]; head h reads KV head h/4
+        kq = ggml_soft_max_ext(c0, kq, nullptr, 1.0f / std::sqrt(static_cast<float>(head_dim_)), 0.0f);
+        ggml_tensor* Vt = ggml_cont(c0, ggml_permute(c0, V, 1, 2, 0, 3));  // [j+1, hd, kv heads]
+        ggml_tensor* o = ggml_mul_mat(c0, Vt, kq);                         // [hd, 1, heads]
+        o = ggml_cont_2d(c0, ggml_permute(c0, o, 0, 2, 1, 3), dim_, 1);
+        cur = ggml_add(c0, ggml_mul_mat(c0, l.wo, o), x);
+        ggml_tensor* f = ggml_mul(c0, ggml_rms_norm(c0, cur, eps_), l.ffn_norm);
+        f = ggml_swiglu_split(c0, ggml_mul_mat(c0, l.w1, f), ggml_mul_mat(c0, l.w3, f));  // silu(w1 f) * w3 f
+        cur = ggml_add(c0, cur, ggml_mul_mat(c0, l.w2, f));
+    }
+    const CodebookHead& head = heads_[j];
+    ggml_tensor* logits = ggml_mul_mat(c0, head.to_logits, ggml_mul(c0, ggml_rms_norm(c0, cur, eps_), head.norm));
+    ggml_set_name(logits, "logits");
+    ggml_set_output(logits);
+    ggml_build_forward_expand(gf, logits);
+
+    ggml_backend_sched_reset(sched_);
+    if (!ggml_backend_sched_alloc_graph(sched_, gf)) throw engine_error("could not allocate the depthformer graph");
+    ggml_backend_tensor_set(h, hidden, 0, n_embd_ * sizeof(float));
+    int32_t p = j;
+    ggml_backend_tensor_set(pos, &p, 0, sizeof p);
+    if (prev) {
+        int32_t pc = prev_code;
+        ggml_backend_tensor_set(prev, &pc, 0, sizeof pc);
+    }
+    compute(gf);
+    std::vector<float> out(n_audio_vocab_);
+    ggml_backend_tensor_get(logits, out.data(), 0, out.size() * sizeof(float));
+    return out;
+}
+
+// One audio frame: 8 codes, each sampled (or forced) after its own depthformer step.
+Frame SpeechEngine::run_frame(const float* hidden, const Frame* forced, llama_sampler* smpl, std::vector<float>* logits_out) {
+    Frame codes{};
+    std::vector<llama_token_data> cand(n_audio_vocab_);
+    int prev = -1;
+    for (int j = 0; j < kCodebooks; ++j) {
+        std::vector<float> logits = depth_step(hidden, j, prev);
+        if (logits_out) logits_out->insert(logits_out->end(), logits.begin(), logits.end());
+        int code;
+        if (forced) {
+            code = (*forced)[j];
+        } else if (!smpl) {
+            code = argmax(logits.data(), n_audio_vocab_);
+        } else {
+            for (int i = 0; i < n_audio_vocab_; ++i) cand[i] = {i, logits[i], 0.0f};
+            llama_token_data_array arr = {cand.data(), cand.size(), -1, false};
+            llama_sampler_apply(smpl, &arr);
+            if (arr.selected < 0 || arr.selected >= static_cast<int64_t>(arr.size)) throw std::runtime_error("audio sampling failed");
+            code = arr.data[arr.selected].id;
+        }
+        if (code < 0 || code >= n_audio_vocab_) throw std::invalid_argument("audio code out of range");
+        codes[j] = code;
+        prev = code;
+    }
+    return codes;
+}
+
+// The backbone's input for a frame (its codes' audio embeddings, summed) and, if asked,
+// the detokenizer's (its codes' rows of emb.emb, averaged).
+void SpeechEngine::embed_frame(const Frame& codes, std::vector<float>& backbone_in, std::vector<float>* detok_in) {
+    ggml_cgraph* gf = nullptr;
+    GgmlPtr c(begin_graph(&gf));
+    ggml_context* c0 = c.get();
+    ggml_tensor* ids = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks);
+    ggml_set_input(ids);
+    ggml_tensor* rows = ggml_get_rows(c0, audio_embd_, ids);                 // [n_embd, 8]
+    ggml_tensor* sum = ggml_sum_rows(c0, ggml_cont(c0, ggml_transpose(c0, rows)));  // [1, n_embd]
+    ggml_set_output(sum);
+    ggml_build_forward_expand(gf, sum);
+    ggml_tensor *dids = nullptr, *mean = nullptr;
+    if (detok_in) {
+        dids = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks);
+        ggml_set_input(dids);
+        ggml_tensor* drows = ggml_get_rows(c0, detok_embd_, dids);
+        mean = ggml_scale(c0, ggml_sum_rows(c0, ggml_cont(c0, ggml_transpose(c0, drows))), 1.0f / kCodebooks);
+        ggml_set_output(mean);
+        ggml_build_forward_expand(gf, mean);
+    }
+    ggml_backend_sched_reset(sched_);
+    if (!ggml_backend_sched_alloc_graph(sched_, gf)) throw engine_error("could not allocate the embedding graph");
+    int32_t a[kCodebooks], d[kCodebooks];
+    for (int k = 0; k < kCodebooks; ++k) {
+        a[k] = codes[k] + k * n_audio_vocab_;
+        d[k] = std::min(codes[k], kDetokCodes - 1) + k * kDetokCodes;
+    }
+    ggml_backend_tensor_set(ids, a, 0, sizeof a);
+    if (dids) ggml_backend_tensor_set(dids, d, 0, sizeof d);
+    compute(gf);
+    backbone_in.resize(n_embd_);
+    ggml_backend_tensor_get(sum, backbone_in.data(), 0, n_embd_ * sizeof(float));
+    if (detok_in) {
+        detok_in->resize(detok_embd_n_);
+        ggml_backend_tensor_get(mean, detok_in->data(), 0, detok_embd_n_ * sizeof(float));
+    }
+}
+
+// Runs the detokenizer over n_frames frames' embeddings (each repeated kUpsample times),
+// continuing its cache; appends kUpsample*n_frames rows of n_spec_ values to `spectrum`.
+void SpeechEngine::detok_frame(const std::vector<float>& detok_in, int n_frames, std::vector<float>& spectrum) {
+    const int n = n_frames * kUpsample;
+    std::vector<float> rows(static_cast<size_t>(n) * detok_embd_n_);
+    for (int f = 0; f < n_frames; ++f)
+        for (int r = 0; r < kUpsample; ++r)
+            std::memcpy(&rows[(static_cast<size_t>(f) * kUpsample + r) * detok_embd_n_], &detok_in[static_cast<size_t>(f) * detok_embd_n_],
+                        detok_embd_n_ * sizeof(float));
+    RowBatch batch(kDetokBatch);
+    for (int off = 0; off < n; off += kDetokBatch) {
+        const int m = std::min(kDetokBatch, n - off);
+        batch.clear();
+        batch.set_embd(rows.data() + static_cast<size_t>(off) * detok_embd_n_);
+        for (int i = 0; i < m; ++i) batch.add_embd_row(detok_pos_ + i, 0);
+        llama_batch b = batch.get();
+        std::vector<int8_t> all(m, 1);
+        b.logits = all.data();  // every row is an output
+        if (llama_decode(detok_ctx_, b) != 0) throw engine_error("the audio detokenizer failed");
+        detok_pos_ += m;
+        const float* e = llama_get_embeddings(detok_ctx_);
+        if (!e) throw engine_error("the audio detokenizer produced no output");
+        spectrum.insert(spectrum.end(), e, e + static_cast<size_t>(m) * n_spec_);
+    }
+}
+
+// ---------------------------------------------------------------- probes
+std::vector<float> SpeechEngine::depth_logits(const std::vector<float>& hidden, const Frame& codes) {
+    if (static_cast<int>(hidden.size()) != n_embd_) throw std::invalid_argument("hidden must have n_embd values");
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<float> out;
+    run_frame(hidden.data(), &codes, nullptr, &out);
+    return out;
+}
+
+Frame SpeechEngine::sample_frame(const std::vector<float>& hidden, float temperature, int top_k, uint32_t seed) {
+    if (static_cast<int>(hidden.size()) != n_embd_) throw std::invalid_argument("hidden must have n_embd values");
+    std::lock_guard<std::mutex> lock(mu_);
+    SamplerPtr smpl = make_sampler(temperature, top_k, seed);
+    return run_frame(hidden.data(), nullptr, smpl.get(), nullptr);
+}
+
+std::vector<float> SpeechEngine::frame_embedding(const Frame& codes) {
+    for (int c : codes) if (c < 0 || c >= n_audio_vocab_) throw std::invalid_argument("audio codes must be in [0, 2048]");
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<float> out;
+    embed_frame(codes, out, nullptr);
+    return out;
+}
+
+std::vector<float> SpeechEngine::detokenize(const std::vector<Frame>& frames) {
+    for (auto& f : frames)
+        for (int c : f) if (c < 0 || c >= kDetokCodes) throw std::invalid_argument("detokenizer codes must be in [0, 2047]");
+    std::lock_guard<std::mutex> lock(mu_);
+    llama_memory_clear(llama_get_memory(detok_ctx_), true);
+    detok_pos_ = 0;
+    std::vector<float> embd, all, tmp;
+    for (auto& f : frames) {
+        embed_frame(f, tmp, &embd);
+        all.insert(all.end(), embd.begin(), embd.end());
+    }
+    std::vector<float> spectrum;
+    if (!frames.empty()) detok_frame(all, static_cast<int>(frames.size()), spectrum);
+    return spectrum;
+}
+
+// ---------------------------------------------------------------- generation
+namespace {
+
+ChunksPtr tokenize_prompt(Engine& engine, const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio) {
+    mtmd_context* mctx = engine.mtmd();
+    std::vector<BitmapPtr> bitmaps;
+    for (auto& pcm : audio) {
+        if (pcm.empty()) throw std::invalid_argument("an audio clip is empty");
+        if (pcm.size() > static_cast<size_t>(kMaxClipSeconds * engine.sample_rate()))
+            throw std::invalid_argument("the audio is longer than the audio encoder takes at once (" +
+                                        std::to_string(static_cast<int>(kMaxClipSeconds)) + " s); shorten it");
+        bitmaps.emplace_back(mtmd_bitmap_init_from_audio(pcm.size(), pcm.data()));
+        if (!bitmaps.back()) throw engine_error("could not prepare the audio");
+    }
+    std::vector<mtmd_input_text> texts(parts.size());
+    std::vector<mtmd_input_part> mparts(parts.size());
+    std::vector<const mtmd_input_part*> ptrs;
+    for (size_t i = 0; i < parts.size(); ++i) {
+        const PromptPart& p = parts[i];
+        if (p.audio >= 0) {
+            if (p.audio >= static_cast<int>(audio.size())) throw std::invalid_argument("a prompt part refers to a missing audio clip");
+            mparts[i] = {nullptr, bitmaps[p.audio].get()};
+        } else {
+            texts[i] = {p.text.c_str(), p.text.size(), false, p.special};
+            mparts[i] = {&texts[i], nullptr};
+        }
+        ptrs.push_back(&mparts[i]);
+    }
+    ChunksPtr chunks(mtmd_input_chunks_init());
+    int32_t rc;
+    {
+        std::lock_guard<std::mutex> lock(engine.mtmd_mutex());
+        rc = mtmd_tokenize_from_parts(mctx, chunks.get(), ptrs.data(), ptrs.size(), /*add_special=*/true);
+    }
+    if (rc != 0) throw engine_error("could not turn the prompt into model input");
+    return chunks;
+}
+
+}  // namespace
+
+SpeechResult SpeechEngine::generate(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio,
+                                    const SpeechParams& sp, const SpeechSink& sink, const std::shared_ptr<CancelFlag>& cancel) {
+    std::lock_guard<std::mutex> lock(mu_);
+    SpeechResult res;
+    auto t_enc = std::chrono::steady_clock::now();
+    ChunksPtr chunks = tokenize_prompt(engine_, parts, audio);
+    res.encode_ms += ms_since(t_enc);
+    const size_t n_chunks = mtmd_input_chunks_size(chunks.get());
+    if (n_chunks == 0 || mtmd_input_chunk_get_type(mtmd_input_chunks_get(chunks.get(), n_chunks - 1)) != MTMD_INPUT_CHUNK_TYPE_TEXT)
+        throw std::invalid_argument("the prompt must end with text");
+    const int n_prompt = static_cast<int>(mtmd_helper_get_n_pos(chunks.get()));
+    res.n_prompt_tokens = n_prompt;
+    const int max_ctx = std::max(4096, static_cast<int>(llama_model_n_ctx_train(model_)));
+    if (n_prompt + 2 > max_ctx) throw std::length_error("the prompt (" + std::to_string(n_prompt) + " tokens) does not fit the model's context");
+    const int need = std::min(max_ctx, n_prompt + std::max(1, sp.max_new_tokens) + 2);
+    if (need > n_ctx_) make_context((need + 255) / 256 * 256);
+    llama_memory_clear(llama_get_memory(ctx_), true);
+    llama_memory_clear(llama_get_memory(detok_ctx_), true);
+    detok_pos_ = 0;
+    auto cancelled = [&] { return cancel && cancel->set.load(); };
+
+    // ---- prefill: everything but the last token without outputs; the last one alone, with
+    // logits (text first) or its hidden state (audio first).
+    const int n_embd_in = llama_model_n_embd_inp(model_);
+    llama_pos n_past = 0;
+    RowBatch batch(512);
+    llama_set_embeddings(ctx_, false);
+    auto t_pre = std::chrono::steady_clock::now();
+    llama_token last = -1;
+    for (size_t i = 0; i < n_chunks; ++i) {
+        if (cancelled()) { res.stop_reason = "cancelled"; return res; }
+        const mtmd_input_chunk* c = mtmd_input_chunks_get(chunks.get(), i);
+        const bool last_chunk = i + 1 == n_chunks;
+        if (mtmd_input_chunk_get_type(c) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
+            size_t n = 0;
+            const llama_token* toks = mtmd_input_chunk_get_tokens_text(c, &n);
+            size_t n_now = last_chunk ? n - 1 : n;
+            if (last_chunk) last = toks[n - 1];
+            for (size_t off = 0; off < n_now; off += 512) {
+                batch.clear();
+                size_t end = std::min(n_now, off + 512);
+                for (size_t j = off; j < end; ++j) batch.add(toks[j], n_past++, 0, false);
+                if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("prompt evaluation failed");
+            }
+        } else {
+            const size_t n = mtmd_input_chunk_get_n_tokens(c);
+            std::vector<float> embd;
+            auto t0 = std::chrono::steady_clock::now();
+            {
+                std::lock_guard<std::mutex> mlock(engine_.mtmd_mutex());
+                if (mtmd_encode_chunk(engine_.mtmd(), c) != 0) throw engine_error("audio encoding failed");
+                const float* e = mtmd_get_output_embd(engine_.mtmd());
+                embd.assign(e, e + n * static_cast<size_t>(n_embd_in));
+            }
+            res.encode_ms += ms_since(t0);
+            for (size_t off = 0; off < n; off += 512) {
+                batch.clear();
+                batch.set_embd(embd.data() + off * n_embd_in);
+                size_t end = std::min(n, off + 512);
+                for (size_t j = off; j < end; ++j) batch.add_embd_row(n_past++, 0);
+                if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("decoding the audio embeddings failed");
+            }
+        }
+    }
+    bool audio_mode = sp.start_audio;
+    llama_set_embeddings(ctx_, audio_mode);
+    batch.clear();
+    batch.add(last, n_past++, 0, true);
+    if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("prompt evaluation failed");
+    res.prefill_ms = ms_since(t_pre);
+
+    // ---- the generation loop (liquid-audio's generate_sequential / generate_interleaved)
+    SamplerPtr text_smpl = make_sampler(sp.text_temperature, sp.text_top_k, sp.seed + 1);
+    SamplerPtr audio_smpl = make_sampler(sp.audio_temperature, sp.audio_top_k, sp.seed);
+    int left = audio_mode ? sp.n_audio : sp.n_text;
+    bool text_done = false;
+    std::string pending;
+    std::vector<float> next_embd, detok_in, spectrum;
+    const int n_vocab = llama_vocab_n_tokens(engine_.vocab());
+    for (int step = 0;; ++step) {
+        if (cancelled()) { res.stop_reason = "cancelled"; break; }
+        if (sp.interleaved) --left;
+        llama_token next_token = -1;
+        SpeechEvent ev;
+        std::string stop;
+        if (!audio_mode) {
+            llama_token tok;
+            if (text_smpl) {
+                tok = llama_sampler_sample(text_smpl.get(), ctx_, -1);
+            } else {
+                const float* logits = llama_get_logits_ith(ctx_, -1);
+                if (!logits) throw engine_error("no logits for the text step");
+                tok = argmax(logits, n_vocab);
+            }
+            if (sp.interleaved && tok == kImEnd) { res.stop_reason = "stop"; break; }
+            res.tokens.push_back(tok);
+            pending += engine_.token_piece(tok, false);
+            ev.kind = SpeechEvent::Text;
+            ev.token = tok;
+            ev.text = take_utf8(pending, false);
+            res.text += ev.text;
+            if (!sp.interleaved) {
+                if (tok == kAudioStart) audio_mode = true;
+                if (tok == kImEnd) stop = "stop";
+            } else {
+                if (tok == kTextEnd) text_done = true;
+                if (left == 0 || text_done) { audio_mode = true; left = sp.n_audio; }
+            }
+            next_token = tok;
+        } else {
+            const float* hidden = llama_get_embeddings_ith(ctx_, -1);
+            if (!hidden) throw engine_error("no hidden state for the audio step");
+            auto t0 = std::chrono::steady_clock::now();
+            Frame codes = run_frame(hidden, nullptr, audio_smpl.get(), nullptr);
+            res.depth_ms += ms_since(t0);
+            const bool end = codes[0] == kEndOfAudio;
+            if (sp.interleaved && left == 0 && !text_done) { audio_mode = false; left = sp.n_text; }
+            if (end) { codes.fill(kEndOfAudio); audio_mode = false; }
+            ev.kind = end ? SpeechEvent::AudioEnd : SpeechEvent::Audio;
+            ev.codes = codes;
+            const bool valid = !end && std::none_of(codes.begin(), codes.end(), [](int c) { return c >= kDetokCodes; });
+            auto t1 = std::chrono::steady_clock::now();
+            embed_frame(codes, next_embd, sp.detokenize && valid ? &detok_in : nullptr);
+            res.depth_ms += ms_since(t1);
+            if (sp.detokenize && valid) {
+                auto t2 = std::chrono::steady_clock::now();
+                detok_frame(detok_in, 1, ev.spectrum);
+                res.detok_ms += ms_since(t2);
+            }
+            if (!end) res.frames.push_back(codes);
+            if (end && sp.stop_at_audio_end) stop = "audio_end";
+            else if (!end && sp.max_audio_frames >= 0 && static_cast<int>(res.frames.size()) >= sp.max_audio_frames) stop = "length";
+        }
+        sink(ev);
+        if (!stop.empty()) { res.stop_reason = stop; break; }
+        if (step + 1 >= sp.max_new_tokens) { res.stop_reason = "length"; break; }
+        if (n_past >= n_ctx_) { res.stop_reason = "context"; break; }
+        // feed the step back; the mode of the next step decides what the backbone outputs
+        llama_set_embeddings(ctx_, audio_mode);
+        batch.clear();
+        if (next_token >= 0) {
+            batch.add(next_token, n_past++, 0, true);
+        } else {
+            batch.set_embd(next_embd.data());
+            batch.add_embd_row(n_past++, 0);
+        }
+        auto t3 = std::chrono::steady_clock::now();
+        llama_batch b = batch.get();
+        int8_t one = 1;
+        b.logits = &one;
+        if (llama_decode(ctx_, b) != 0) throw engine_error("llama_decode failed during speech generation");
+        res.backbone_ms += ms_since(t3);
+    }
+    std::string tail = take_utf8(pending, true);
+    if (!tail.empty()) {
+        res.text += tail;
+        SpeechEvent ev;
+        ev.kind = SpeechEvent::Text;
+        ev.text = tail;
+        sink(ev);
+    }
+    return res;
+}
+
+}  // namespace pylfm
