@@ -275,6 +275,9 @@ void SpeechEngine::load_detokenizer(const std::string& path) {
     cp.n_threads_batch = engine_.n_threads();
     cp.embeddings = true;
     cp.pooling_type = LLAMA_POOLING_TYPE_NONE;
+    cp.type_k = GGML_TYPE_F32;  // a window of 30 positions: full precision costs nothing
+    cp.type_v = GGML_TYPE_F32;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     cp.swa_full = false;  // only the window's positions are kept: audio of any length streams through
     cp.no_perf = true;
     if (!engine_.gpu()) cp.op_offload = false;
@@ -294,6 +297,13 @@ void SpeechEngine::make_context(int n_ctx) {
     cp.no_perf = true;
     cp.flash_attn_type = engine_.flash_attn() ? LLAMA_FLASH_ATTN_TYPE_AUTO : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (!engine_.gpu()) cp.op_offload = false;
+    // An all-F32 model gets an F32 cache: its hidden states then match the reference closely
+    // enough for greedy audio codes to agree (the depthformer's decisions are often close).
+    char ftype[16] = {0};
+    if (llama_model_meta_val_str(model_, "general.file_type", ftype, sizeof ftype) > 0 && std::atoi(ftype) == 0) {
+        cp.type_k = GGML_TYPE_F32;
+        cp.type_v = GGML_TYPE_F32;
+    }
     if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }
     ctx_ = llama_init_from_model(model_, cp);
     if (!ctx_) throw engine_error("could not create a speech context of " + std::to_string(n_ctx) + " tokens");
