@@ -476,6 +476,10 @@ void SpeechEngine::detok_frame(const std::vector<float>& detok_in, int n_frames,
     RowBatch batch(kDetokBatch);
     for (int off = 0; off < n; off += kDetokBatch) {
         const int m = std::min(kDetokBatch, n - off);
+        // Positions that left the attention window are never read again: drop them, so the
+        // cache (sized for the window) holds any length of audio.
+        if (detok_window_ > 0 && detok_pos_ > detok_window_)
+            llama_memory_seq_rm(llama_get_memory(detok_ctx_), 0, 0, detok_pos_ - detok_window_);
         batch.clear();
         batch.set_embd(rows.data() + static_cast<size_t>(off) * detok_embd_n_);
         for (int i = 0; i < m; ++i) batch.add_embd_row(detok_pos_ + i, 0);

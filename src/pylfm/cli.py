@@ -27,6 +27,8 @@ _COMMANDS = {
     "bench": ("pylfm.bench", "measure load, encode, prefill and decode speed, RTF and memory"),
     "eval": ("pylfm.evaluate", "word and character error rates over a JSONL manifest"),
     "serve": ("pylfm.server", "serve an OpenAI-compatible /v1/audio/transcriptions endpoint"),
+    "speak": ("pylfm.speak_cli", "text to speech (LFM2.5-Audio): write the spoken text to an audio file"),
+    "chat": ("pylfm.chat_cli", "speech-to-speech: answer a spoken (or text) message with text and speech"),
 }
 
 

@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -179,15 +179,19 @@ class Speech:
         return self.duration / total if total > 0 else 0.0
 
     def save(self, path: Union[str, os.PathLike], format: Optional[str] = None) -> Path:
-        """Writes the audio (wav by default; flac, ogg, ... by extension or ``format``)."""
-        import soundfile as sf
-
+        """Writes the audio: wav (16-bit), flac, mp3, opus (ogg) or pcm (raw s16le), by
+        ``format`` or the file's extension (default wav). The file appears complete."""
         path = Path(path)
-        fmt = (format or path.suffix.lstrip(".") or "wav").upper()
+        fmt = (format or path.suffix.lstrip(".") or "wav").lower()
+        fmt = {"ogg": "opus", "raw": "pcm"}.get(fmt, fmt)
+        data = encode_audio(self.audio, self.sample_rate, fmt)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
         try:
-            sf.write(str(path), self.audio, self.sample_rate, format=fmt)
-        except (ValueError, TypeError, RuntimeError) as e:
-            raise SpeechError(f"cannot write {path} as {fmt}: {e}") from None
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise SpeechError(f"cannot write {path}: {e.strerror or e}") from None
         return path
 
     def __repr__(self) -> str:
@@ -202,6 +206,36 @@ class SpeechChunk:
 
     text: str = ""
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+# ---------------------------------------------------------------------- audio files
+# format -> (soundfile format, subtype, media type); pcm is raw 16-bit little-endian.
+AUDIO_FORMATS: Dict[str, Tuple[Optional[str], Optional[str], str]] = {
+    "wav": ("WAV", "PCM_16", "audio/wav"),
+    "flac": ("FLAC", "PCM_16", "audio/flac"),
+    "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"),
+    "opus": ("OGG", "OPUS", "audio/ogg"),
+    "pcm": (None, None, "audio/pcm"),
+}
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+    """The audio as a file of format ``fmt`` (one of `AUDIO_FORMATS`) in memory."""
+    import io
+
+    import soundfile as sf
+
+    if fmt not in AUDIO_FORMATS:
+        raise SpeechError(f"audio format {fmt!r} is not supported; use one of {', '.join(AUDIO_FORMATS)}")
+    audio = np.clip(np.asarray(audio, np.float32), -1.0, 1.0)
+    sf_format, subtype, _ = AUDIO_FORMATS[fmt]
+    if sf_format is None:
+        return (audio * 32767.0).round().astype("<i2").tobytes()
+    if sf_format not in sf.available_formats():
+        raise SpeechError(f"this libsndfile cannot write {fmt}; use wav, flac or pcm")
+    buf = io.BytesIO()
+    sf.write(buf, audio, sample_rate, format=sf_format, subtype=subtype)
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------- the engine
@@ -312,8 +346,10 @@ class _Run:
 
         try:
             self.result = self.engine.generate(self.parts, self.audio, self.params, on_event, self.cancel)
-        except (ValueError, RuntimeError) as e:
-            self.error = SpeechError(f"speech generation failed: {e}")
+        except ValueError as e:  # the request cannot run (too long, ...)
+            self.error = SpeechError(str(e))
+        except RuntimeError as e:  # the engine failed
+            self.error = PylfmError(f"speech generation failed: {e}")
         except BaseException as e:  # KeyboardInterrupt in the callback, ...
             self.error = e
         finally:
@@ -349,10 +385,16 @@ class _Run:
             self.cancel.set()
             thread.join()
 
-    def run(self) -> List[SpeechChunk]:
-        """The whole answer, generated on the calling thread."""
+    def run(self, on_text: Optional[Callable[[str], None]] = None) -> List[SpeechChunk]:
+        """The whole answer, generated on the calling thread (``on_text`` sees each text piece)."""
         out: List[SpeechChunk] = []
-        self._generate(lambda kind, text, token, codes, spectrum: out.append(self._chunk(kind, text, spectrum)))
+
+        def on_event(kind, text, token, codes, spectrum):
+            out.append(self._chunk(kind, text, spectrum))
+            if on_text is not None and kind == 0 and text:
+                on_text(text)
+
+        self._generate(on_event)
         if self.error is not None:
             raise self.error
         out.append(SpeechChunk(audio=self.istft.finish()))
@@ -424,7 +466,8 @@ def _audio_only(chunks: Iterator[SpeechChunk]) -> Iterator[np.ndarray]:
 def chat(model: "Model", audio_or_text: Any, *, mode: str = "interleaved", system: Optional[str] = CHAT_SYSTEM_PROMPT,
          sample_rate: Optional[int] = None, temperature: float = CHAT_TEMPERATURE, top_k: Optional[int] = CHAT_TOP_K,
          text_temperature: float = 0.0, seed: Optional[int] = None, max_new_tokens: int = 1024,
-         max_duration: Optional[float] = None, stream: bool = False) -> Union[Speech, Iterator[SpeechChunk]]:
+         max_duration: Optional[float] = None, stream: bool = False,
+         on_text: Optional[Callable[[str], None]] = None) -> Union[Speech, Iterator[SpeechChunk]]:
     """Speech (or text) in, text and speech out: `Model.chat` (see there)."""
     from .prompt import prompt_parts
 
@@ -450,8 +493,17 @@ def chat(model: "Model", audio_or_text: Any, *, mode: str = "interleaved", syste
                      text_temperature=text_temperature, seed=_seed(seed))
     run = _Run(model, parts, clips, params)
     if stream:
-        return (c for c in run.chunks() if c.text or len(c.audio))
-    return run.speech(run.run())
+        return _non_empty(run.chunks())
+    return run.speech(run.run(on_text))
+
+
+def _non_empty(chunks: Iterator[SpeechChunk]) -> Iterator[SpeechChunk]:
+    try:
+        for c in chunks:
+            if c.text or len(c.audio):
+                yield c
+    finally:
+        chunks.close()  # type: ignore[attr-defined]
 
 
 _AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".m4a", ".webm")
