@@ -149,7 +149,7 @@ class _Service:
 
     def __init__(self, model: Any, *, api_key: Optional[str], max_upload_mib: float, queue_size: int,
                  model_name: str, max_new_tokens: int, window: float, max_cue: float, max_audio_s: float,
-                 max_prompt_tokens: int, vad: Optional[str]) -> None:
+                 max_prompt_tokens: int, vad: Optional[str], fixed_tokens: Optional[int] = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from .options import TranscribeOptions
@@ -164,6 +164,9 @@ class _Service:
             raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
         # Validated once here, so a bad setting fails at start-up rather than per request.
         self.options = TranscribeOptions(max_new_tokens=max_new_tokens, window=window, vad=vad, max_duration=max_audio_s)
+        if fixed_tokens is not None:  # benchmarks: the same work for every request
+            self.options = TranscribeOptions(max_new_tokens=fixed_tokens, ignore_eos=True, loop_guard=None, window=window,
+                                             vad=vad, max_duration=max_audio_s)
         TranscribeOptions(window=window, max_segment=min(max_cue, window))
         self.model = model
         self.api_key = api_key or None
@@ -451,7 +454,8 @@ class _RequestIdMiddleware:
 def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: float = 25, queue_size: int = 16,
                model_name: str = DEFAULT_MODEL_NAME, max_new_tokens: int = 512, window: float = 30.0,
                max_cue: float = 10.0, max_audio_s: float = DEFAULT_MAX_AUDIO_S,
-               max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, vad: Optional[str] = "silero"):
+               max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, vad: Optional[str] = "silero",
+               fixed_tokens: Optional[int] = None):
     """The FastAPI app serving ``model`` (a `pylfm.Model`, shared by all requests).
 
     Args:
@@ -465,6 +469,7 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
         max_audio_s: the longest accepted recording (413 above it).
         max_prompt_tokens: the longest accepted ``prompt`` (400 above it).
         vad: the speech detector for long recordings ("silero", "energy" or None).
+        fixed_tokens: for benchmarks: every window generates exactly this many tokens.
     """
     import asyncio
     from contextlib import asynccontextmanager
@@ -480,7 +485,7 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
 
     svc = _Service(model, api_key=api_key, max_upload_mib=max_upload_mib, queue_size=queue_size,
                    model_name=model_name, max_new_tokens=max_new_tokens, window=window, max_cue=max_cue,
-                   max_audio_s=max_audio_s, max_prompt_tokens=max_prompt_tokens, vad=vad)
+                   max_audio_s=max_audio_s, max_prompt_tokens=max_prompt_tokens, vad=vad, fixed_tokens=fixed_tokens)
 
     @asynccontextmanager
     async def lifespan(_app: Any):
@@ -746,6 +751,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="window limit for srt/vtt/verbose_json answers, seconds (default 10)")
     d.add_argument("--vad", choices=("silero", "energy", "none"), default="silero",
                    help="speech detector for long recordings (default silero)")
+    d.add_argument("--fixed-tokens", type=int, default=None, metavar="N",
+                   help="benchmarks: generate exactly N tokens per window, ignoring end-of-generation")
 
 
 def _available_cpus() -> int:
@@ -793,7 +800,7 @@ def main(args: argparse.Namespace) -> int:
     app = create_app(model, api_key=api_key, max_upload_mib=args.max_upload_mib, queue_size=args.queue,
                      model_name=args.model_name, max_new_tokens=args.max_new_tokens, window=args.window,
                      max_cue=args.max_cue, max_audio_s=args.max_audio_s, max_prompt_tokens=args.max_prompt_tokens,
-                     vad=None if args.vad == "none" else args.vad)
+                     vad=None if args.vad == "none" else args.vad, fixed_tokens=args.fixed_tokens)
     print(f"pylfm: serving {model.model_path.name} on {model.device} at http://{args.host}:{args.port}/v1 "
           f"(model id {args.model_name!r})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
