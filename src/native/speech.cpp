@@ -52,6 +52,31 @@ SamplerPtr make_sampler(float temperature, int top_k, uint32_t seed) {
 }  // namespace
 
 // ---------------------------------------------------------------- loading
+// The CPU's repacked ("extra") buffer type that runs mul_mat with a weight of this type and
+// shape (ggml-cpu repacks e.g. Q4_0/Q8_0 for faster matrix-vector products when the row
+// count suits its interleaving), or nullptr.
+ggml_backend_buffer_type_t SpeechEngine::matrix_buft(ggml_type type, int64_t ne0, int64_t ne1) const {
+    if (engine_.gpu()) return nullptr;
+    ggml_backend_dev_t dev = ggml_backend_get_device(backends_.back());
+    auto get_extra = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts"));
+    if (!get_extra) return nullptr;
+    for (ggml_backend_buffer_type_t* b = get_extra(dev); b && *b; ++b) {
+        // would the CPU run this mul_mat with the weight in that buffer? (asked with a dry op)
+        GgmlPtr c(ggml_init({4 * ggml_tensor_overhead(), nullptr, true}));
+        ggml_tensor* a = ggml_new_tensor_2d(c.get(), type, ne0, ne1);
+        ggml_tensor* x = ggml_new_tensor_1d(c.get(), GGML_TYPE_F32, ne0);
+        ggml_tensor* op = ggml_mul_mat(c.get(), a, x);
+        ggml_backend_buffer_t probe = ggml_backend_buft_alloc_buffer(*b, 0);
+        a->buffer = probe;
+        const bool ok = ggml_backend_dev_supports_op(dev, op);
+        ggml_backend_buffer_free(probe);
+        if (ok) return *b;
+    }
+    return nullptr;
+}
+
+
 SpeechEngine::SpeechEngine(Engine& engine, const std::string& vocoder_path, const std::string& detokenizer_path)
     : engine_(engine), model_(engine.model()), n_embd_(llama_model_n_embd(engine.model())) {
     ensure_backend();
@@ -92,8 +117,10 @@ void SpeechEngine::free_all() {
     if (detok_model_) { llama_model_free(detok_model_); detok_model_ = nullptr; }
     if (sched_) { ggml_backend_sched_free(sched_); sched_ = nullptr; }
     if (wbuf_) { ggml_backend_buffer_free(wbuf_); wbuf_ = nullptr; }
+    if (mmbuf_) { ggml_backend_buffer_free(mmbuf_); mmbuf_ = nullptr; }
     if (cache_buf_) { ggml_backend_buffer_free(cache_buf_); cache_buf_ = nullptr; }
     if (wctx_) { ggml_free(wctx_); wctx_ = nullptr; }
+    if (mmctx_) { ggml_free(mmctx_); mmctx_ = nullptr; }
     if (cache_ctx_) { ggml_free(cache_ctx_); cache_ctx_ = nullptr; }
     for (auto* b : backends_) ggml_backend_free(b);
     backends_.clear();
@@ -146,41 +173,10 @@ void SpeechEngine::load_vocoder(const std::string& path) {
             throw std::invalid_argument(what + " has no tensor '" + n + "'; it is not a complete LFM2.5-Audio vocoder "
                                         "(convert the checkpoint again with `pylfm convert --with-speech`)");
 
-    ggml_init_params ip = {(names.size() + 1) * ggml_tensor_overhead(), nullptr, /*no_alloc=*/true};
-    wctx_ = ggml_init(ip);
-    for (auto& n : names) {
-        ggml_tensor* t = ggml_dup_tensor(wctx_, ggml_get_tensor(meta.get(), n.c_str()));
-        ggml_set_name(t, n.c_str());
-    }
-    auto W = [&](const std::string& n) { return ggml_get_tensor(wctx_, n.c_str()); };
-    layers_.resize(n_layer_);
-    for (int i = 0; i < n_layer_; ++i) {
-        std::string p = "depthformer.layers." + std::to_string(i) + ".";
-        Layer& l = layers_[i];
-        l.attn_norm = W(p + "operator_norm.weight");
-        l.wqkv = W(p + "operator.qkv_proj.weight");
-        l.q_norm = W(p + "operator.attention.q_layernorm.weight");
-        l.k_norm = W(p + "operator.attention.k_layernorm.weight");
-        l.wo = W(p + "operator.out_proj.weight");
-        l.ffn_norm = W(p + "ffn_norm.weight");
-        l.w1 = W(p + "feed_forward.w1.weight");
-        l.w2 = W(p + "feed_forward.w2.weight");
-        l.w3 = W(p + "feed_forward.w3.weight");
-    }
-    heads_.resize(kCodebooks);
-    for (int i = 0; i < kCodebooks; ++i) {
-        std::string p = "depth_embeddings." + std::to_string(i) + ".";
-        heads_[i].embd = W(p + "embedding.weight");
-        heads_[i].norm = W(p + "embedding_norm.weight");
-        heads_[i].to_logits = tied_logits ? heads_[i].embd : W(p + "to_logits.weight");
-    }
-    depth_w_ = W("depth_linear.weight");
-    depth_b_ = W("depth_linear.bias");
-    audio_embd_ = W("audio_embedding.embedding.weight");
-    detok_embd_ = W("emb.emb.weight");
-
     // Shapes: every mismatch is a wrong or foreign file, never something to run.
-    n_audio_vocab_ = static_cast<int>(heads_[0].embd->ne[1]);
+    auto M = [&](const std::string& n) { return ggml_get_tensor(meta.get(), n.c_str()); };
+    const ggml_tensor* depth_w = M("depth_linear.weight");
+    n_audio_vocab_ = static_cast<int>(M("depth_embeddings.0.embedding.weight")->ne[1]);
     const int kv = n_head_kv_ * head_dim_;
     auto check = [&](const ggml_tensor* t, int64_t ne0, int64_t ne1) {
         if (t->ne[0] != ne0 || (ne1 >= 0 && t->ne[1] != ne1) || (ne1 < 0 && ggml_n_dims(t) != 1))
@@ -188,46 +184,121 @@ void SpeechEngine::load_vocoder(const std::string& path) {
                                         ", expected [" + std::to_string(ne0) + (ne1 >= 0 ? ", " + std::to_string(ne1) : "") +
                                         "]; the file does not match the depthformer it declares");
     };
-    if (depth_w_->ne[0] != n_embd_)
-        throw std::invalid_argument(what + " is for a backbone of width " + std::to_string(depth_w_->ne[0]) +
+    if (depth_w->ne[0] != n_embd_)
+        throw std::invalid_argument(what + " is for a backbone of width " + std::to_string(depth_w->ne[0]) +
                                     ", but the loaded model has width " + std::to_string(n_embd_) +
                                     "; use the vocoder converted from the same checkpoint as the model");
-    check(depth_w_, n_embd_, static_cast<int64_t>(kCodebooks) * dim_);
-    check(depth_b_, static_cast<int64_t>(kCodebooks) * dim_, -1);
-    if (n_audio_vocab_ != kEndOfAudio + 1) throw std::invalid_argument(what + ": codebooks of " + std::to_string(n_audio_vocab_) + " entries, expected 2049");
-    for (auto& h : heads_) { check(h.embd, dim_, n_audio_vocab_); check(h.norm, dim_, -1); check(h.to_logits, dim_, n_audio_vocab_); }
-    check(audio_embd_, n_embd_, static_cast<int64_t>(kCodebooks) * n_audio_vocab_);
-    for (auto& l : layers_) {
-        check(l.attn_norm, dim_, -1); check(l.ffn_norm, dim_, -1);
-        check(l.wqkv, dim_, dim_ + 2 * kv); check(l.wo, dim_, dim_);
-        check(l.q_norm, head_dim_, -1); check(l.k_norm, head_dim_, -1);
-        check(l.w1, dim_, l.w1->ne[1]); check(l.w3, dim_, l.w1->ne[1]); check(l.w2, l.w1->ne[1], dim_);
+    check(depth_w, n_embd_, static_cast<int64_t>(kCodebooks) * dim_);
+    check(M("depth_linear.bias"), static_cast<int64_t>(kCodebooks) * dim_, -1);
+    if (n_audio_vocab_ != kEndOfAudio + 1)
+        throw std::invalid_argument(what + ": codebooks of " + std::to_string(n_audio_vocab_) + " entries, expected 2049");
+    for (int i = 0; i < kCodebooks; ++i) {
+        std::string p = "depth_embeddings." + std::to_string(i) + ".";
+        check(M(p + "embedding.weight"), dim_, n_audio_vocab_);
+        check(M(p + "embedding_norm.weight"), dim_, -1);
+        if (!tied_logits) check(M(p + "to_logits.weight"), dim_, n_audio_vocab_);
     }
-    if (detok_embd_->ne[1] != static_cast<int64_t>(kCodebooks) * kDetokCodes)
-        throw std::invalid_argument(what + ": emb.emb.weight has shape " + shape_str(detok_embd_) + ", expected 8 x 2048 rows");
+    check(M("audio_embedding.embedding.weight"), n_embd_, static_cast<int64_t>(kCodebooks) * n_audio_vocab_);
+    int64_t ff = 0;
+    for (int i = 0; i < n_layer_; ++i) {
+        std::string p = "depthformer.layers." + std::to_string(i) + ".";
+        ff = M(p + "feed_forward.w1.weight")->ne[1];
+        check(M(p + "operator_norm.weight"), dim_, -1);
+        check(M(p + "ffn_norm.weight"), dim_, -1);
+        check(M(p + "operator.qkv_proj.weight"), dim_, dim_ + 2 * kv);
+        check(M(p + "operator.out_proj.weight"), dim_, dim_);
+        check(M(p + "operator.attention.q_layernorm.weight"), head_dim_, -1);
+        check(M(p + "operator.attention.k_layernorm.weight"), head_dim_, -1);
+        check(M(p + "feed_forward.w3.weight"), dim_, ff);
+        check(M(p + "feed_forward.w2.weight"), ff, dim_);
+    }
+    const ggml_tensor* demb = M("emb.emb.weight");
+    if (demb->ne[1] != static_cast<int64_t>(kCodebooks) * kDetokCodes)
+        throw std::invalid_argument(what + ": emb.emb.weight has shape " + shape_str(demb) + ", expected 8 x 2048 rows");
 
-    // Weights into the first backend's memory (the GPU when there is one), read from the file.
-    wbuf_ = ggml_backend_alloc_ctx_tensors_from_buft(wctx_, ggml_backend_get_default_buffer_type(backends_[0]));
+    // Two groups: the matrices only multiplied (in a repacked layout on the CPU when ggml
+    // has one for their type: much faster matrix-vector products), and the rest (norms,
+    // biases, embedding tables read row by row). depth_linear is split into its 8 slices
+    // and a tied to_logits gets its own copy, so every multiplied matrix is a whole tensor.
+    struct Load { ggml_tensor* dst; size_t offset; };
+    std::vector<Load> loads;
+    const size_t data_offset = gguf_get_data_offset(g.get());
+    auto file_offset = [&](const std::string& n) {
+        return data_offset + gguf_get_tensor_offset(g.get(), gguf_find_tensor(g.get(), n.c_str()));
+    };
+    const size_t n_mm = static_cast<size_t>(n_layer_) * 5 + 2 * kCodebooks;
+    wctx_ = ggml_init({(names.size() + n_mm + 1) * ggml_tensor_overhead(), nullptr, true});
+    mmctx_ = ggml_init({(n_mm + 1) * ggml_tensor_overhead(), nullptr, true});
+    auto plain = [&](const std::string& n) {
+        ggml_tensor* t = ggml_dup_tensor(wctx_, M(n));
+        ggml_set_name(t, n.c_str());
+        loads.push_back({t, file_offset(n)});
+        return t;
+    };
+    ggml_backend_buffer_type_t repack = nullptr;
+    auto matrix = [&](const std::string& n, const std::string& src, int64_t rows, size_t row0) {
+        const ggml_tensor* m = M(src);
+        ggml_backend_buffer_type_t b = matrix_buft(m->type, m->ne[0], rows);
+        if (b) repack = b;
+        ggml_tensor* t = ggml_new_tensor_2d(b ? mmctx_ : wctx_, m->type, m->ne[0], rows);
+        ggml_set_name(t, n.c_str());
+        loads.push_back({t, file_offset(src) + row0 * m->nb[1]});
+        return t;
+    };
+    layers_.resize(n_layer_);
+    for (int i = 0; i < n_layer_; ++i) {
+        std::string p = "depthformer.layers." + std::to_string(i) + ".";
+        auto whole = [&](const std::string& s) { return matrix(p + s, p + s, M(p + s)->ne[1], 0); };
+        Layer& l = layers_[i];
+        l.attn_norm = plain(p + "operator_norm.weight");
+        l.q_norm = plain(p + "operator.attention.q_layernorm.weight");
+        l.k_norm = plain(p + "operator.attention.k_layernorm.weight");
+        l.ffn_norm = plain(p + "ffn_norm.weight");
+        l.wqkv = whole("operator.qkv_proj.weight");
+        l.wo = whole("operator.out_proj.weight");
+        l.w1 = whole("feed_forward.w1.weight");
+        l.w2 = whole("feed_forward.w2.weight");
+        l.w3 = whole("feed_forward.w3.weight");
+    }
+    heads_.resize(kCodebooks);
+    depth_ws_.resize(kCodebooks);
+    for (int i = 0; i < kCodebooks; ++i) {
+        std::string p = "depth_embeddings." + std::to_string(i) + ".";
+        heads_[i].embd = plain(p + "embedding.weight");
+        heads_[i].norm = plain(p + "embedding_norm.weight");
+        heads_[i].to_logits = matrix(p + "to_logits.weight", p + (tied_logits ? "embedding.weight" : "to_logits.weight"),
+                                     n_audio_vocab_, 0);
+        depth_ws_[i] = matrix("depth_linear." + std::to_string(i), "depth_linear.weight", dim_, static_cast<size_t>(i) * dim_);
+    }
+    depth_b_ = plain("depth_linear.bias");
+    audio_embd_ = plain("audio_embedding.embedding.weight");
+    detok_embd_ = plain("emb.emb.weight");
+
+    ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(backends_[0]);
+    wbuf_ = ggml_backend_alloc_ctx_tensors_from_buft(wctx_, buft);
     if (!wbuf_) throw engine_error("could not allocate memory for the audio head");
     ggml_backend_buffer_set_usage(wbuf_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    if (repack) {
+        mmbuf_ = ggml_backend_alloc_ctx_tensors_from_buft(mmctx_, repack);
+        if (!mmbuf_) throw engine_error("could not allocate memory for the audio head");
+        ggml_backend_buffer_set_usage(mmbuf_, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    }
+
     FILE* f = std::fopen(path.c_str(), "rb");
     if (!f) throw std::invalid_argument(what + " could not be opened");
     std::fseek(f, 0, SEEK_END);
     const long long file_size = static_cast<long long>(std::ftell(f));
     std::vector<uint8_t> buf;
-    const size_t data_offset = gguf_get_data_offset(g.get());
-    for (auto& n : names) {
-        ggml_tensor* t = W(n);
-        const int64_t id = gguf_find_tensor(g.get(), n.c_str());
-        const size_t off = data_offset + gguf_get_tensor_offset(g.get(), id);
-        const size_t nbytes = ggml_nbytes(t);
+    for (const Load& ld : loads) {
+        const size_t nbytes = ggml_nbytes(ld.dst);
         buf.resize(nbytes);
-        if (static_cast<long long>(off + nbytes) > file_size || std::fseek(f, static_cast<long>(off), SEEK_SET) != 0 ||
+        if (static_cast<long long>(ld.offset + nbytes) > file_size || std::fseek(f, static_cast<long>(ld.offset), SEEK_SET) != 0 ||
             std::fread(buf.data(), 1, nbytes, f) != nbytes) {
             std::fclose(f);
-            throw std::invalid_argument(what + " is truncated (tensor '" + n + "' runs past its end); get or convert it again");
+            throw std::invalid_argument(what + " is truncated (tensor '" + ggml_get_name(ld.dst) +
+                                        "' runs past its end); get or convert it again");
         }
-        ggml_backend_tensor_set(t, buf.data(), 0, nbytes);
+        ggml_backend_tensor_set(ld.dst, buf.data(), 0, nbytes);  // a repacking buffer repacks here
     }
     std::fclose(f);
 
@@ -337,8 +408,7 @@ std::vector<float> SpeechEngine::depth_step(const float* hidden, int j, int prev
     ggml_set_input(pos);
     ggml_tensor* prev = nullptr;
 
-    ggml_tensor* w = ggml_view_2d(c0, depth_w_, n_embd_, dim_, depth_w_->nb[1], static_cast<size_t>(j) * dim_ * depth_w_->nb[1]);
-    ggml_tensor* cur = ggml_mul_mat(c0, w, h);
+    ggml_tensor* cur = ggml_mul_mat(c0, depth_ws_[j], h);
     cur = ggml_add(c0, cur, ggml_view_1d(c0, depth_b_, dim_, static_cast<size_t>(j) * dim_ * ggml_element_size(depth_b_)));
     if (j > 0) {
         prev = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
@@ -689,7 +759,7 @@ SpeechResult SpeechEngine::generate(const std::vector<PromptPart>& parts, const 
             auto t0 = std::chrono::steady_clock::now();
             Frame codes = run_frame(hidden, nullptr, audio_smpl.get(), nullptr);
             res.depth_ms += ms_since(t0);
-            const bool end = codes[0] == kEndOfAudio;
+            const bool end = codes[0] == kEndOfAudio && !sp.ignore_audio_end;
             if (sp.interleaved && left == 0 && !text_done) { audio_mode = false; left = sp.n_text; }
             if (end) { codes.fill(kEndOfAudio); audio_mode = false; }
             ev.kind = end ? SpeechEvent::AudioEnd : SpeechEvent::Audio;

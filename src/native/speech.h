@@ -44,6 +44,7 @@ struct SpeechParams {
     bool interleaved = false;  // liquid-audio's generate_interleaved (else generate_sequential)
     bool start_audio = false;  // the prompt ends with <|audio_start|>: the first step is an audio frame
     bool stop_at_audio_end = false;  // end at the end-of-audio frame (text-to-speech wants nothing after it)
+    bool ignore_audio_end = false;   // benchmarks: an end-of-audio code is an ordinary frame (fixed work)
     int max_new_tokens = 2048;  // steps: text tokens + audio frames
     int max_audio_frames = -1;  // -1: no limit of its own
     float text_temperature = 0.0f;  // <= 0: greedy
@@ -114,6 +115,7 @@ private:
     };
 
     void load_vocoder(const std::string& path);
+    ggml_backend_buffer_type_t matrix_buft(ggml_type type, int64_t ne0, int64_t ne1) const;
     void load_detokenizer(const std::string& path);
     void make_context(int n_ctx);
     void free_all();
@@ -139,10 +141,12 @@ private:
     float eps_ = 1e-5f, rope_base_ = 1e6f;
     std::vector<Layer> layers_;
     std::vector<CodebookHead> heads_;
-    ggml_tensor *depth_w_ = nullptr, *depth_b_ = nullptr, *audio_embd_ = nullptr, *detok_embd_ = nullptr;
+    std::vector<ggml_tensor*> depth_ws_;  // depth_linear, one slice per codebook
+    ggml_tensor *depth_b_ = nullptr, *audio_embd_ = nullptr, *detok_embd_ = nullptr;
     ggml_context* wctx_ = nullptr;
+    ggml_context* mmctx_ = nullptr;  // the matrices (a repacked buffer on the CPU)
     ggml_context* cache_ctx_ = nullptr;
-    ggml_backend_buffer_t wbuf_ = nullptr, cache_buf_ = nullptr;
+    ggml_backend_buffer_t wbuf_ = nullptr, mmbuf_ = nullptr, cache_buf_ = nullptr;
     std::vector<ggml_backend_t> backends_;
     ggml_backend_sched_t sched_ = nullptr;
     std::vector<uint8_t> graph_meta_;

@@ -73,6 +73,7 @@ void register_speech(py::module_& m) {
         .def_readwrite("interleaved", &SpeechParams::interleaved)
         .def_readwrite("start_audio", &SpeechParams::start_audio)
         .def_readwrite("stop_at_audio_end", &SpeechParams::stop_at_audio_end)
+        .def_readwrite("ignore_audio_end", &SpeechParams::ignore_audio_end)
         .def_readwrite("max_new_tokens", &SpeechParams::max_new_tokens)
         .def_readwrite("max_audio_frames", &SpeechParams::max_audio_frames)
         .def_readwrite("text_temperature", &SpeechParams::text_temperature)

@@ -428,8 +428,10 @@ def _params(**fields: Any) -> Any:
 # ---------------------------------------------------------------------- speak / chat
 def speak(model: "Model", text: str, *, voice: Optional[str] = DEFAULT_VOICE, system: Optional[str] = None,
           temperature: float = TTS_TEMPERATURE, top_k: Optional[int] = TTS_TOP_K, seed: Optional[int] = None,
-          max_duration: Optional[float] = None, stream: bool = False) -> Union[Speech, Iterator[np.ndarray]]:
-    """Text to speech: `Model.speak` (see there)."""
+          max_duration: Optional[float] = None, stream: bool = False,
+          ignore_audio_end: bool = False) -> Union[Speech, Iterator[np.ndarray]]:
+    """Text to speech: `Model.speak` (see there). ``ignore_audio_end`` (benchmarks) keeps
+    generating past the model's end-of-audio frame, up to ``max_duration``."""
     from .prompt import prompt_parts
 
     if not isinstance(text, str):
@@ -446,7 +448,8 @@ def speak(model: "Model", text: str, *, voice: Optional[str] = DEFAULT_VOICE, sy
     # Speech starts at once: the assistant turn of a TTS answer begins with <|audio_start|>
     # (liquid-audio's training layout), so it is part of the prompt, and the answer ends
     # with the end-of-audio frame.
-    params = _params(start_audio=True, stop_at_audio_end=True, max_new_tokens=frames + 1, max_audio_frames=frames,
+    params = _params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=bool(ignore_audio_end),
+                     max_new_tokens=frames + 1, max_audio_frames=frames,
                      audio_temperature=temperature, audio_top_k=top_k, seed=_seed(seed))
     run = _Run(model, parts, [], params)
     if stream:
