@@ -376,6 +376,8 @@ void SpeechEngine::make_context(int n_ctx) {
         cp.type_v = GGML_TYPE_F32;
     }
     if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }
+    prefix_tokens_.clear();
+    prefix_state_.clear();
     ctx_ = llama_init_from_model(model_, cp);
     if (!ctx_) throw engine_error("could not create a speech context of " + std::to_string(n_ctx) + " tokens");
     n_ctx_ = static_cast<int>(llama_n_ctx(ctx_));
@@ -644,6 +646,33 @@ ChunksPtr tokenize_prompt(Engine& engine, const std::vector<PromptPart>& parts, 
 
 }  // namespace
 
+// The prompt up to its second turn (BOS + the system turn: the voice instruction) is the
+// same for many requests: its state is kept after the first and restored for the next
+// request that starts with the same tokens, instead of evaluating it again. Returns how
+// many tokens of `toks` are in the context afterwards.
+size_t SpeechEngine::prefill_prefix(const llama_token* toks, size_t n, RowBatch& batch) {
+    size_t p = 0;
+    int starts = 0;
+    for (; p < n; ++p)
+        if (toks[p] == kImStart && ++starts == 2) break;
+    if (starts < 2 || p == 0) return 0;  // no system turn before a second one
+    std::vector<llama_token> prefix(toks, toks + p);
+    if (prefix == prefix_tokens_ && !prefix_state_.empty() &&
+        llama_state_seq_set_data(ctx_, prefix_state_.data(), prefix_state_.size(), 0) == prefix_state_.size())
+        return p;
+    llama_memory_clear(llama_get_memory(ctx_), true);
+    for (size_t off = 0; off < p; off += 512) {
+        batch.clear();
+        const size_t end = std::min(p, off + 512);
+        for (size_t j = off; j < end; ++j) batch.add(toks[j], static_cast<llama_pos>(j), 0, false);
+        if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("prompt evaluation failed");
+    }
+    prefix_state_.resize(llama_state_seq_get_size(ctx_, 0));
+    prefix_state_.resize(llama_state_seq_get_data(ctx_, prefix_state_.data(), prefix_state_.size(), 0));
+    prefix_tokens_ = prefix_state_.empty() ? std::vector<llama_token>() : prefix;
+    return p;
+}
+
 SpeechResult SpeechEngine::generate(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio,
                                     const SpeechParams& sp, const SpeechSink& sink, const std::shared_ptr<CancelFlag>& cancel) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -682,7 +711,9 @@ SpeechResult SpeechEngine::generate(const std::vector<PromptPart>& parts, const 
             const llama_token* toks = mtmd_input_chunk_get_tokens_text(c, &n);
             size_t n_now = last_chunk ? n - 1 : n;
             if (last_chunk) last = toks[n - 1];
-            for (size_t off = 0; off < n_now; off += 512) {
+            size_t start = 0;
+            if (i == 0) n_past = start = static_cast<llama_pos>(prefill_prefix(toks, n_now, batch));
+            for (size_t off = start; off < n_now; off += 512) {
                 batch.clear();
                 size_t end = std::min(n_now, off + 512);
                 for (size_t j = off; j < end; ++j) batch.add(toks[j], n_past++, 0, false);

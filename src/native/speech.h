@@ -34,6 +34,7 @@ namespace pylfm {
 constexpr int kCodebooks = 8;
 constexpr int kEndOfAudio = 2048;       // code 2048: end of audio (codebook 0 decides)
 constexpr int kUpsample = 6;            // detokenizer frames per code frame
+constexpr llama_token kImStart = 6;     // <|im_start|>
 constexpr llama_token kImEnd = 7;       // <|im_end|>
 constexpr llama_token kAudioStart = 128;  // <|audio_start|>
 constexpr llama_token kTextEnd = 130;   // <|text_end|>
@@ -127,6 +128,7 @@ private:
     Frame run_frame(const float* hidden, const Frame* forced, llama_sampler* smpl, std::vector<float>* logits_out);
     void embed_frame(const Frame& codes, std::vector<float>& backbone_in, std::vector<float>* detok_in);
     void detok_frame(const std::vector<float>& detok_in, int n_frames, std::vector<float>& spectrum);
+    size_t prefill_prefix(const llama_token* toks, size_t n, RowBatch& batch);
 
     Engine& engine_;
     llama_model* model_;  // the backbone (the Engine's)
@@ -135,6 +137,8 @@ private:
     // backbone context for speech (embeddings output switched on in audio mode)
     llama_context* ctx_ = nullptr;
     int n_ctx_ = 0;
+    std::vector<llama_token> prefix_tokens_;  // the system turn whose state is kept
+    std::vector<uint8_t> prefix_state_;
 
     // audio head
     int n_layer_ = 0, dim_ = 0, head_dim_ = 0, n_head_ = 32, n_head_kv_ = 8, n_audio_vocab_ = 0;
