@@ -126,6 +126,11 @@ def test_vocoder_gguf_has_liquids_layout(gguf_f32, tiny_checkpoint):
         assert name in tensors, name
     assert list(tensors["emb.emb.weight"].shape) == [512, 8 * 2048]  # ggml order
     assert list(tensors["audio_embedding.embedding.weight"].shape) == [64, 8 * 2049]
+    info = pylfm.inspect(gguf_f32.vocoder_path)
+    assert info["kind"] == "vocoder" and info["hparams"]["depthformer layers"] == config["depthformer"]["layers"]
+    assert pylfm.inspect(gguf_f32.tokenizer_path)["kind"] == "detokenizer"
+    with pytest.raises(pylfm.ModelLoadError, match="it is a vocoder"):
+        pylfm.Model(gguf_f32.vocoder_path, gguf_f32.mmproj_path, device="cpu")
 
 
 def test_tokenizer_gguf_is_an_lfm2_detokenizer(gguf_f32, tiny_checkpoint):
