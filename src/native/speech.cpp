@@ -95,9 +95,6 @@ SpeechEngine::SpeechEngine(Engine& engine, const std::string& vocoder_path, cons
         auto set_threads = reinterpret_cast<ggml_backend_set_n_threads_t>(
             ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads"));
         if (set_threads) set_threads(cpu, engine.n_threads());
-        sched_ = ggml_backend_sched_new(backends_.data(), nullptr, static_cast<int>(backends_.size()), kGraphSize,
-                                        false, true);
-        graph_meta_.resize(kGraphSize * ggml_tensor_overhead() + ggml_graph_overhead_custom(kGraphSize, false));
 
         load_vocoder(vocoder_path);
         load_detokenizer(detokenizer_path);
@@ -115,7 +112,8 @@ void SpeechEngine::free_all() {
     if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }
     if (detok_ctx_) { llama_free(detok_ctx_); detok_ctx_ = nullptr; }
     if (detok_model_) { llama_model_free(detok_model_); detok_model_ = nullptr; }
-    if (sched_) { ggml_backend_sched_free(sched_); sched_ = nullptr; }
+    steps_.clear();
+    embed_.reset();
     if (wbuf_) { ggml_backend_buffer_free(wbuf_); wbuf_ = nullptr; }
     if (mmbuf_) { ggml_backend_buffer_free(mmbuf_); mmbuf_ = nullptr; }
     if (cache_buf_) { ggml_backend_buffer_free(cache_buf_); cache_buf_ = nullptr; }
@@ -384,39 +382,56 @@ void SpeechEngine::make_context(int n_ctx) {
 }
 
 // ---------------------------------------------------------------- the audio head graphs
-ggml_context* SpeechEngine::begin_graph(ggml_cgraph** gf) {
-    ggml_init_params p = {graph_meta_.size(), graph_meta_.data(), /*no_alloc=*/true};
-    ggml_context* c = ggml_init(p);
-    *gf = ggml_new_graph_custom(c, kGraphSize, false);
-    return c;
+// A graph built and allocated once and run many times: the shapes of every step are fixed
+// (codebook j always attends to positions 0..j), so nothing is rebuilt per frame.
+struct SpeechEngine::StaticGraph {
+    std::vector<uint8_t> meta;
+    ggml_context* ctx = nullptr;
+    ggml_cgraph* gf = nullptr;
+    ggml_gallocr_t alloc = nullptr;
+    ggml_tensor *in = nullptr, *in2 = nullptr, *pos = nullptr, *out = nullptr, *out2 = nullptr;
+    ~StaticGraph() {
+        if (alloc) ggml_gallocr_free(alloc);
+        if (ctx) ggml_free(ctx);
+    }
+};
+
+std::unique_ptr<SpeechEngine::StaticGraph> SpeechEngine::new_graph() const {
+    auto g = std::make_unique<StaticGraph>();
+    g->meta.resize(kGraphSize * ggml_tensor_overhead() + ggml_graph_overhead_custom(kGraphSize, false));
+    g->ctx = ggml_init({g->meta.size(), g->meta.data(), /*no_alloc=*/true});
+    g->gf = ggml_new_graph_custom(g->ctx, kGraphSize, false);
+    return g;
 }
 
-void SpeechEngine::compute(ggml_cgraph* gf) {
-    if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS)
+void SpeechEngine::allocate(StaticGraph& g) const {
+    g.alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backends_[0]));
+    if (!g.alloc || !ggml_gallocr_alloc_graph(g.alloc, g.gf)) throw engine_error("could not allocate an audio-head graph");
+}
+
+void SpeechEngine::compute(StaticGraph& g) {
+    if (ggml_backend_graph_compute(backends_[0], g.gf) != GGML_STATUS_SUCCESS)
         throw engine_error("the audio head's computation failed");
 }
 
-// Logits of codebook j: the depthformer at position j, on the slice j of depth_linear(hidden)
-// plus the embedding of the previous codebook's code; writes position j of the KV cache.
-std::vector<float> SpeechEngine::depth_step(const float* hidden, int j, int prev_code) {
-    ggml_cgraph* gf = nullptr;
-    GgmlPtr c(begin_graph(&gf));
-    ggml_context* c0 = c.get();
-    ggml_tensor* h = ggml_new_tensor_1d(c0, GGML_TYPE_F32, n_embd_);
-    ggml_set_name(h, "hidden");
+// Codebook j's step: the depthformer at position j, on slice j of depth_linear(hidden) plus
+// the embedding of the previous codebook's code (input `in2`); writes position j of the KV
+// cache; output: codebook j's logits.
+std::unique_ptr<SpeechEngine::StaticGraph> SpeechEngine::build_step(int j) {
+    auto g = new_graph();
+    ggml_context* c0 = g->ctx;
+    ggml_cgraph* gf = g->gf;
+    ggml_tensor* h = g->in = ggml_new_tensor_1d(c0, GGML_TYPE_F32, n_embd_);
     ggml_set_input(h);
-    ggml_tensor* pos = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
-    ggml_set_name(pos, "pos");
+    ggml_tensor* pos = g->pos = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
     ggml_set_input(pos);
-    ggml_tensor* prev = nullptr;
 
     ggml_tensor* cur = ggml_mul_mat(c0, depth_ws_[j], h);
     cur = ggml_add(c0, cur, ggml_view_1d(c0, depth_b_, dim_, static_cast<size_t>(j) * dim_ * ggml_element_size(depth_b_)));
     if (j > 0) {
-        prev = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
-        ggml_set_name(prev, "prev");
-        ggml_set_input(prev);
-        cur = ggml_add(c0, cur, ggml_get_rows(c0, heads_[j - 1].embd, prev));
+        g->in2 = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
+        ggml_set_input(g->in2);
+        cur = ggml_add(c0, cur, ggml_get_rows(c0, heads_[j - 1].embd, g->in2));
     }
     const int kv = n_head_kv_ * head_dim_;
     const size_t es = sizeof(float);
@@ -450,23 +465,28 @@ std::vector<float> SpeechEngine::depth_step(const float* hidden, int j, int prev
         cur = ggml_add(c0, cur, ggml_mul_mat(c0, l.w2, f));
     }
     const CodebookHead& head = heads_[j];
-    ggml_tensor* logits = ggml_mul_mat(c0, head.to_logits, ggml_mul(c0, ggml_rms_norm(c0, cur, eps_), head.norm));
-    ggml_set_name(logits, "logits");
-    ggml_set_output(logits);
-    ggml_build_forward_expand(gf, logits);
+    g->out = ggml_mul_mat(c0, head.to_logits, ggml_mul(c0, ggml_rms_norm(c0, cur, eps_), head.norm));
+    ggml_set_output(g->out);
+    ggml_build_forward_expand(gf, g->out);
+    allocate(*g);
+    return g;
+}
 
-    ggml_backend_sched_reset(sched_);
-    if (!ggml_backend_sched_alloc_graph(sched_, gf)) throw engine_error("could not allocate the depthformer graph");
-    ggml_backend_tensor_set(h, hidden, 0, n_embd_ * sizeof(float));
-    int32_t p = j;
-    ggml_backend_tensor_set(pos, &p, 0, sizeof p);
-    if (prev) {
-        int32_t pc = prev_code;
-        ggml_backend_tensor_set(prev, &pc, 0, sizeof pc);
+std::vector<float> SpeechEngine::depth_step(const float* hidden, int j, int prev_code) {
+    if (steps_.empty())
+        for (int i = 0; i < kCodebooks; ++i) steps_.push_back(build_step(i));
+    StaticGraph& g = *steps_[j];
+    // every input is set before each run: the allocator reuses an input's memory once it is read
+    ggml_backend_tensor_set(g.in, hidden, 0, n_embd_ * sizeof(float));
+    const int32_t pos = j;
+    ggml_backend_tensor_set(g.pos, &pos, 0, sizeof pos);
+    if (g.in2) {
+        const int32_t pc = prev_code;
+        ggml_backend_tensor_set(g.in2, &pc, 0, sizeof pc);
     }
-    compute(gf);
+    compute(g);
     std::vector<float> out(n_audio_vocab_);
-    ggml_backend_tensor_get(logits, out.data(), 0, out.size() * sizeof(float));
+    ggml_backend_tensor_get(g.out, out.data(), 0, out.size() * sizeof(float));
     return out;
 }
 
@@ -500,39 +520,36 @@ Frame SpeechEngine::run_frame(const float* hidden, const Frame* forced, llama_sa
 // The backbone's input for a frame (its codes' audio embeddings, summed) and, if asked,
 // the detokenizer's (its codes' rows of emb.emb, averaged).
 void SpeechEngine::embed_frame(const Frame& codes, std::vector<float>& backbone_in, std::vector<float>* detok_in) {
-    ggml_cgraph* gf = nullptr;
-    GgmlPtr c(begin_graph(&gf));
-    ggml_context* c0 = c.get();
-    ggml_tensor* ids = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks);
-    ggml_set_input(ids);
-    ggml_tensor* rows = ggml_get_rows(c0, audio_embd_, ids);                 // [n_embd, 8]
-    ggml_tensor* sum = ggml_sum_rows(c0, ggml_cont(c0, ggml_transpose(c0, rows)));  // [1, n_embd]
-    ggml_set_output(sum);
-    ggml_build_forward_expand(gf, sum);
-    ggml_tensor *dids = nullptr, *mean = nullptr;
-    if (detok_in) {
-        dids = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks);
-        ggml_set_input(dids);
-        ggml_tensor* drows = ggml_get_rows(c0, detok_embd_, dids);
-        mean = ggml_scale(c0, ggml_sum_rows(c0, ggml_cont(c0, ggml_transpose(c0, drows))), 1.0f / kCodebooks);
-        ggml_set_output(mean);
-        ggml_build_forward_expand(gf, mean);
+    if (!embed_) {
+        embed_ = new_graph();
+        ggml_context* c0 = embed_->ctx;
+        embed_->in = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks);
+        ggml_set_input(embed_->in);
+        ggml_tensor* rows = ggml_get_rows(c0, audio_embd_, embed_->in);                  // [n_embd, 8]
+        embed_->out = ggml_sum_rows(c0, ggml_cont(c0, ggml_transpose(c0, rows)));       // [1, n_embd]
+        ggml_set_output(embed_->out);
+        ggml_build_forward_expand(embed_->gf, embed_->out);
+        embed_->in2 = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks);
+        ggml_set_input(embed_->in2);
+        ggml_tensor* drows = ggml_get_rows(c0, detok_embd_, embed_->in2);
+        embed_->out2 = ggml_scale(c0, ggml_sum_rows(c0, ggml_cont(c0, ggml_transpose(c0, drows))), 1.0f / kCodebooks);
+        ggml_set_output(embed_->out2);
+        ggml_build_forward_expand(embed_->gf, embed_->out2);
+        allocate(*embed_);
     }
-    ggml_backend_sched_reset(sched_);
-    if (!ggml_backend_sched_alloc_graph(sched_, gf)) throw engine_error("could not allocate the embedding graph");
     int32_t a[kCodebooks], d[kCodebooks];
     for (int k = 0; k < kCodebooks; ++k) {
         a[k] = codes[k] + k * n_audio_vocab_;
-        d[k] = std::min(codes[k], kDetokCodes - 1) + k * kDetokCodes;
+        d[k] = std::min(codes[k], kDetokCodes - 1) + k * kDetokCodes;  // unused when a code is 2048
     }
-    ggml_backend_tensor_set(ids, a, 0, sizeof a);
-    if (dids) ggml_backend_tensor_set(dids, d, 0, sizeof d);
-    compute(gf);
+    ggml_backend_tensor_set(embed_->in, a, 0, sizeof a);
+    ggml_backend_tensor_set(embed_->in2, d, 0, sizeof d);
+    compute(*embed_);
     backbone_in.resize(n_embd_);
-    ggml_backend_tensor_get(sum, backbone_in.data(), 0, n_embd_ * sizeof(float));
+    ggml_backend_tensor_get(embed_->out, backbone_in.data(), 0, n_embd_ * sizeof(float));
     if (detok_in) {
         detok_in->resize(detok_embd_n_);
-        ggml_backend_tensor_get(mean, detok_in->data(), 0, detok_embd_n_ * sizeof(float));
+        ggml_backend_tensor_get(embed_->out2, detok_in->data(), 0, detok_embd_n_ * sizeof(float));
     }
 }
 

@@ -121,9 +121,12 @@ private:
     void make_context(int n_ctx);
     void free_all();
 
-    // the ggml graphs of the audio head
-    ggml_context* begin_graph(ggml_cgraph** gf);
-    void compute(ggml_cgraph* gf);
+    // the ggml graphs of the audio head, built once
+    struct StaticGraph;
+    std::unique_ptr<StaticGraph> new_graph() const;
+    void allocate(StaticGraph& g) const;
+    void compute(StaticGraph& g);
+    std::unique_ptr<StaticGraph> build_step(int j);
     std::vector<float> depth_step(const float* hidden, int j, int prev_code);  // logits of codebook j
     Frame run_frame(const float* hidden, const Frame* forced, llama_sampler* smpl, std::vector<float>* logits_out);
     void embed_frame(const Frame& codes, std::vector<float>& backbone_in, std::vector<float>* detok_in);
@@ -151,9 +154,9 @@ private:
     ggml_context* mmctx_ = nullptr;  // the matrices (a repacked buffer on the CPU)
     ggml_context* cache_ctx_ = nullptr;
     ggml_backend_buffer_t wbuf_ = nullptr, mmbuf_ = nullptr, cache_buf_ = nullptr;
-    std::vector<ggml_backend_t> backends_;
-    ggml_backend_sched_t sched_ = nullptr;
-    std::vector<uint8_t> graph_meta_;
+    std::vector<ggml_backend_t> backends_;  // the device the weights are on first (GPU or CPU), then the CPU
+    std::vector<std::unique_ptr<StaticGraph>> steps_;  // one per codebook
+    std::unique_ptr<StaticGraph> embed_;
 
     // detokenizer
     llama_model* detok_model_ = nullptr;
