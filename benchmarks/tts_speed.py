@@ -2,7 +2,7 @@
 """Text-to-speech speed: pylfm (Q8_0, Q4_0) against liquid-audio 1.3.0 on the same CPU.
 
     python benchmarks/tts_speed.py --checkpoint /work/models/lfm-full-speech \\
-        --gguf-dir /work/models/lfm-full-speech-gguf --name lfm-full --threads 2 --frames 100 \\
+        --gguf-dir /work/models/lfm-full-speech-gguf --name lfm-full --threads 1 2 --frames 100 \\
         --ref-python /work/main/.venv-ref/bin/python --json tts_speed.json
 
 Random weights with the real LFM2.5-Audio-1.5B dimensions (tools/make_tiny_checkpoint.py
@@ -141,11 +141,11 @@ def child_liquid(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------- parent
-def run_child(python: str, mode: str, args: argparse.Namespace, extra: list) -> dict:
+def run_child(python: str, mode: str, args: argparse.Namespace, threads: int, extra: list) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--child", mode, "--frames", str(args.frames), "--threads",
-           str(args.threads), "--repeat", str(args.repeat), "--checkpoint", str(args.checkpoint), "--gguf-dir",
+           str(threads), "--repeat", str(args.repeat), "--checkpoint", str(args.checkpoint), "--gguf-dir",
            str(args.gguf_dir), "--name", args.name, "--mmproj-quant", args.mmproj_quant] + extra
-    print(f"[tts_speed] {mode} {' '.join(extra)}", file=sys.stderr, flush=True)
+    print(f"[tts_speed] {mode} {' '.join(extra)} threads={threads}", file=sys.stderr, flush=True)
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -155,8 +155,8 @@ def summarize(result: dict) -> dict:
     wall = statistics.median(r["wall_s"] for r in runs)
     audio = statistics.median(r["audio_s"] for r in runs)
     first = statistics.median(r["first_chunk_s"] for r in runs)
-    return {"engine": result["engine"], "rtf": audio / wall, "wall_s": wall, "audio_s": audio,
-            "first_chunk_s": first, "load_s": result["load_s"], "peak_rss_mb": result["peak_rss_mb"]}
+    return {"engine": result["engine"], "threads": result["threads"], "rtf": audio / wall, "wall_s": wall,
+            "audio_s": audio, "first_chunk_s": first, "load_s": result["load_s"], "peak_rss_mb": result["peak_rss_mb"]}
 
 
 def main() -> int:
@@ -167,7 +167,7 @@ def main() -> int:
     ap.add_argument("--quants", nargs="+", default=["Q8_0", "Q4_0"])
     ap.add_argument("--mmproj-quant", default="Q8_0", help="the mmproj file to load (unused by TTS)")
     ap.add_argument("--frames", type=int, default=100, help="audio frames per run (80 ms each)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts to measure (default 2)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--ref-python", default=None, help="python of a venv with liquid-audio 1.3.0 (the baseline)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -175,23 +175,26 @@ def main() -> int:
     ap.add_argument("--quant", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        args.threads = args.threads[0]
         result = child_pylfm(args) if args.child == "pylfm" else child_liquid(args)
         print(json.dumps(result))
         return 0
 
-    results = [run_child(sys.executable, "pylfm", args, ["--quant", q]) for q in args.quants]
-    if args.ref_python:
-        results.append(run_child(args.ref_python, "liquid", args, []))
+    results = []
+    for threads in args.threads:
+        results += [run_child(sys.executable, "pylfm", args, threads, ["--quant", q]) for q in args.quants]
+        if args.ref_python:
+            results.append(run_child(args.ref_python, "liquid", args, threads, []))
     rows = [summarize(r) for r in results]
-    base = next((r for r in rows if r["engine"].startswith("liquid")), None)
-    print(f"\nTTS, {args.frames} frames ({args.frames * FRAME_S:.1f} s of audio), {args.threads} threads, "
-          f"median of {args.repeat}; real-time factor = audio s / wall s")
-    print("| engine | real-time factor | vs liquid-audio | first chunk (s) | wall (s) | load (s) | peak RSS (MiB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"\nTTS, {args.frames} frames ({args.frames * FRAME_S:.1f} s of audio), median of {args.repeat}; "
+          "real-time factor = audio s / wall s (above 1: faster than real time)")
+    print("| engine | threads | real-time factor | vs liquid-audio | first chunk (s) | wall (s) | load (s) | peak RSS (MiB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        ratio = f"{r['rtf'] / base['rtf']:.2f}x" if base else "-"
-        print(f"| {r['engine']} | {r['rtf']:.2f} | {ratio} | {r['first_chunk_s']:.2f} | {r['wall_s']:.1f} | "
-              f"{r['load_s']:.1f} | {r['peak_rss_mb']:.0f} |")
+        base = next((b for b in rows if b["engine"].startswith("liquid") and b["threads"] == r["threads"]), None)
+        ratio = f"{r['rtf'] / base['rtf']:.1f}x" if base else "-"
+        print(f"| {r['engine']} | {r['threads']} | {r['rtf']:.2f} | {ratio} | {r['first_chunk_s']:.2f} | "
+              f"{r['wall_s']:.1f} | {r['load_s']:.1f} | {r['peak_rss_mb']:.0f} |")
     if args.json:
         args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                                          "raw": results, "cpu": os.cpu_count()}, indent=1))
