@@ -246,7 +246,7 @@ def test_quantized_bounds(tiny_checkpoint, tmp_path_factory, outtype, min_frames
 
 # ---------------------------------------------------------------------- behaviour
 def test_speak_gives_24khz_audio_of_plausible_length(model):
-    s = model.speak("Good morning.", seed=1, max_duration=1.0)
+    s = model.speak("Good morning.", seed=1, max_duration=1.0, progress=True)
     assert isinstance(s, Speech) and s.sample_rate == SAMPLE_RATE == 24000
     assert s.audio.dtype == np.float32 and s.audio.ndim == 1 and np.isfinite(s.audio).all()
     assert 1 <= len(s.codes) <= 13 and len(s.audio) == FRAME_SAMPLES * len(s.codes)

@@ -275,7 +275,8 @@ class Model:
 
         Options: voice ("US female", "US male", "UK female", "UK male"), system (a
         ``Perform TTS. ...`` prompt instead of a voice), temperature (0.8; 0 = greedy),
-        top_k (64), seed, max_duration (seconds, default 60), stream."""
+        top_k (64), seed, max_duration (seconds, default 60), stream, progress (a bar on
+        stderr over seconds of speech)."""
         from .speech import speak
 
         return speak(self, text, **options)
@@ -289,7 +290,7 @@ class Model:
         Options: mode ("interleaved": text and audio in a fixed pattern, lowest latency;
         "sequential": the model switches modality itself), system, temperature (1.0) and
         top_k (4) for audio, text_temperature (0 = greedy), seed, max_new_tokens (1024),
-        max_duration, stream."""
+        max_duration, stream, progress, on_text (called with each text piece)."""
         from .speech import chat
 
         return chat(self, audio_or_text, **options)

@@ -32,7 +32,14 @@ def _output_arguments(p: argparse.ArgumentParser, default: str) -> None:
                    f"follows the extension: {', '.join(AUDIO_FORMATS)}")
     o.add_argument("--format", choices=list(AUDIO_FORMATS), default=None, help="audio format (overrides the extension)")
     o.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    o.add_argument("--quiet", "-q", action="store_true", help="no report on stderr")
+    o.add_argument("--quiet", "-q", action="store_true", help="no progress or report on stderr")
+    o.add_argument("--progress", action="store_true", help="progress even when stderr is not a terminal")
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    from .cli import show_progress as shown
+
+    return shown(args)
 
 
 def _load(args: argparse.Namespace):
@@ -78,7 +85,8 @@ def main(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
     model = _load(args)
     speech = model.speak(text, voice=args.voice, system=args.system, temperature=args.temperature,
-                         top_k=args.top_k, seed=args.seed, max_duration=args.max_duration)
+                         top_k=args.top_k, seed=args.seed, max_duration=args.max_duration,
+                         progress=show_progress(args))
     path = str(speech.save(args.output, args.format))
     _report(args, speech, path)
     return 0
@@ -118,7 +126,8 @@ def main_chat(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    speech = model.chat(message, on_text=None if args.json else show, **opts)
+    speech = model.chat(message, on_text=None if args.json else show, progress=show_progress(args) and args.json,
+                        **opts)
     if not args.json:
         sys.stdout.write("\n")
     path = str(speech.save(args.output, args.format))

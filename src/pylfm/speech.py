@@ -330,6 +330,7 @@ class _Run:
         self.first_audio_ms: Optional[float] = None
         self.result: Optional[dict] = None
         self.error: Optional[BaseException] = None
+        self.bar: Any = None  # a tqdm bar over seconds of speech, when asked for
 
     def _chunk(self, kind: int, text: str, spectrum: Optional[np.ndarray]) -> SpeechChunk:
         audio = np.zeros(0, np.float32)
@@ -339,6 +340,8 @@ class _Run:
             self.istft_ms += (time.perf_counter() - t) * 1000
             if self.first_audio_ms is None and len(audio):
                 self.first_audio_ms = (time.perf_counter() - self.t0) * 1000
+            if self.bar is not None:
+                self.bar.update(round(len(audio) / SAMPLE_RATE, 2))
         return SpeechChunk(text=text if kind == 0 else "", audio=audio)
 
     def _generate(self, on_event) -> None:
@@ -400,7 +403,17 @@ class _Run:
         out.append(SpeechChunk(audio=self.istft.finish()))
         return out
 
+    def show_progress(self, total_seconds: float) -> None:
+        """A progress bar on stderr over seconds of speech generated (the end is where the
+        model ends the audio, or ``total_seconds``)."""
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=round(total_seconds, 2), unit="s", dynamic_ncols=True, leave=False,
+                        bar_format="speech {n:.1f} s [{elapsed}, {rate_fmt}]")
+
     def speech(self, chunks: List[SpeechChunk]) -> Speech:
+        if self.bar is not None:
+            self.bar.close()
         r = self.result or {}
         audio = [c.audio for c in chunks if len(c.audio)]
         timings = {k[:-3]: float(r.get(k, 0.0)) for k in
@@ -428,7 +441,7 @@ def _params(**fields: Any) -> Any:
 # ---------------------------------------------------------------------- speak / chat
 def speak(model: "Model", text: str, *, voice: Optional[str] = DEFAULT_VOICE, system: Optional[str] = None,
           temperature: float = TTS_TEMPERATURE, top_k: Optional[int] = TTS_TOP_K, seed: Optional[int] = None,
-          max_duration: Optional[float] = None, stream: bool = False,
+          max_duration: Optional[float] = None, stream: bool = False, progress: bool = False,
           ignore_audio_end: bool = False) -> Union[Speech, Iterator[np.ndarray]]:
     """Text to speech: `Model.speak` (see there). ``ignore_audio_end`` (benchmarks) keeps
     generating past the model's end-of-audio frame, up to ``max_duration``."""
@@ -454,6 +467,8 @@ def speak(model: "Model", text: str, *, voice: Optional[str] = DEFAULT_VOICE, sy
     run = _Run(model, parts, [], params)
     if stream:
         return _audio_only(run.chunks())
+    if progress:
+        run.show_progress(frames / FRAMES_PER_SECOND)
     return run.speech(run.run())
 
 
@@ -469,7 +484,7 @@ def _audio_only(chunks: Iterator[SpeechChunk]) -> Iterator[np.ndarray]:
 def chat(model: "Model", audio_or_text: Any, *, mode: str = "interleaved", system: Optional[str] = CHAT_SYSTEM_PROMPT,
          sample_rate: Optional[int] = None, temperature: float = CHAT_TEMPERATURE, top_k: Optional[int] = CHAT_TOP_K,
          text_temperature: float = 0.0, seed: Optional[int] = None, max_new_tokens: int = 1024,
-         max_duration: Optional[float] = None, stream: bool = False,
+         max_duration: Optional[float] = None, stream: bool = False, progress: bool = False,
          on_text: Optional[Callable[[str], None]] = None) -> Union[Speech, Iterator[SpeechChunk]]:
     """Speech (or text) in, text and speech out: `Model.chat` (see there)."""
     from .prompt import prompt_parts
@@ -497,6 +512,8 @@ def chat(model: "Model", audio_or_text: Any, *, mode: str = "interleaved", syste
     run = _Run(model, parts, clips, params)
     if stream:
         return _non_empty(run.chunks())
+    if progress:
+        run.show_progress(params.max_audio_frames / FRAMES_PER_SECOND)
     return run.speech(run.run(on_text))
 
 
