@@ -106,7 +106,8 @@ liquid_python() {  # a python with liquid-audio on this GPU's torch, or nothing
     python3 -m venv --system-site-packages "$v" || return
     pip_install "$v/bin/python" -m pip install --quiet liquid-audio==1.3.0 >> "$OUT/liquid-setup.log" 2>&1 \
       || pip_install "$v/bin/python" -m pip install --quiet --no-deps liquid-audio==1.3.0 transformers accelerate \
-           einops sentencepiece >> "$OUT/liquid-setup.log" 2>&1
+           einops sentencepiece regex pyyaml psutil tokenizers safetensors huggingface-hub hf-xet tqdm \
+           >> "$OUT/liquid-setup.log" 2>&1
   fi
   "$v/bin/python" -c 'import torch, liquid_audio; assert torch.cuda.is_available()' >> "$OUT/liquid-setup.log" 2>&1 \
     && echo "$v/bin/python" || log "no liquid-audio on CUDA here (see liquid-setup.log): its cells are skipped"

@@ -18,10 +18,16 @@ pip=${PIP:-pip}
 mkdir -p "$prefix"
 prefix=$(cd "$prefix" && pwd)
 
-# The versions of CUDA 13.0 update 2 (nvcc 13.0.88), the release llama.cpp's CI also uses.
-"$pip" install --quiet --upgrade --target "$prefix/wheels" --no-deps \
-  nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
-  nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14
+# CUDA 13.0's packages, all in one install: they share the folder nvidia/cu13, which a
+# second `pip install --target` would replace rather than add to. cuobjdump lists the device
+# code a library holds (PyPI has no 13.0 build of it; 13.2's reads 13.0's output).
+if [[ ! -x "$prefix/wheels/nvidia/cu13/bin/nvcc" ]]; then
+  rm -rf "$prefix/wheels"
+  "$pip" install --quiet --target "$prefix/wheels" --no-deps \
+    nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88 \
+    nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.0.2.14 \
+    nvidia-cuda-cuobjdump==13.2.51
+fi
 
 root="$prefix/wheels/nvidia/cu13"
 for d in bin include lib nvvm; do ln -sfn "$root/$d" "$prefix/$d"; done
