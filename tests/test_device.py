@@ -100,6 +100,16 @@ def test_installed_build_matches_its_system_info():
             dev.select_device("cuda")
 
 
+def test_missing_driver_is_explained():
+    # what the loader says when a CUDA build is imported on a machine without the driver
+    e = ImportError("libcuda.so.1: cannot open shared object file: No such file or directory")
+    msg = str(dev.explain_import_error(e))
+    assert msg.startswith("libcuda.so.1") and "NVIDIA driver" in msg and "CPU build" in msg
+    assert "CUDA runtime" in str(dev.explain_import_error(ImportError("libcudart.so.13: cannot open")))
+    other = ImportError("No module named 'x'")
+    assert dev.explain_import_error(other) is other
+
+
 # ---------------------------------------------------------------------------- defaults
 def test_defaults_follow_the_device():
     cpu = dev.resolve_defaults("auto", info=CPU_ONLY)

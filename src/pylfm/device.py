@@ -162,6 +162,22 @@ def resolve_defaults(device: Any = "auto", n_threads: Optional[int] = None, batc
     )
 
 
+def explain_import_error(error: ImportError) -> ImportError:
+    """The error to show when llama.cpp's libraries cannot load: a CUDA build on a machine
+    without the NVIDIA driver or CUDA runtime gets a message that says what to do."""
+    text = str(error)
+    reinstall = ("or reinstall the CPU build: pip install --no-cache-dir --force-reinstall "
+                 "llama-cpp-python==0.3.36 pylfm")
+    if "libcuda.so" in text:
+        return ImportError(f"{text}\npylfm's llama.cpp was built with CUDA, which needs the NVIDIA driver "
+                           f"(libcuda.so.1) on this machine: install the driver, {reinstall}")
+    if "libcudart" in text or "libcublas" in text:
+        return ImportError(f"{text}\npylfm's llama.cpp was built with CUDA and needs the CUDA runtime "
+                           f"libraries (libcudart, libcublas) of the toolkit it was built with on the library "
+                           f"path: install that CUDA runtime, {reinstall}")
+    return error
+
+
 # ---------------------------------------------------------------------- helpers
 def _system_info() -> Dict[str, Any]:
     from . import _core
