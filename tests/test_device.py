@@ -120,9 +120,10 @@ def test_defaults_follow_the_device():
     # what the user sets wins
     assert dev.resolve_defaults("cuda", 3, 2, False, info=TWO_CUDA) == ("cuda:0", 3, 2, False)
     assert dev.resolve_defaults("cpu", None, None, True, info=CPU_ONLY).flash_attn is True
+    assert dev.resolve_defaults("cpu", 0, info=CPU_ONLY).n_threads == dev.physical_cores()  # 0: the default
 
 
-@pytest.mark.parametrize("kwargs", [dict(n_threads=0), dict(batch_size=0), dict(batch_size=True),
+@pytest.mark.parametrize("kwargs", [dict(n_threads=-1), dict(batch_size=0), dict(batch_size=True),
                                     dict(n_threads=2.5), dict(flash_attn="yes")])
 def test_defaults_reject_bad_values(kwargs):
     with pytest.raises(ValueError):

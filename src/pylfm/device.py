@@ -144,9 +144,12 @@ def available_cpus_set() -> List[int]:
 
 def resolve_defaults(device: Any = "auto", n_threads: Optional[int] = None, batch_size: Optional[int] = None,
                      flash_attn: Optional[bool] = None, *, info: Optional[Dict[str, Any]] = None) -> DeviceDefaults:
-    """Checks the user's device and settings and fills in the ones left None with what
-    suits the device: ``(device, n_threads, batch_size, flash_attn)``, see the module
-    docstring. ``info`` is `pylfm.system_info()` (read from the build when omitted)."""
+    """Checks the user's device and settings and fills in the ones left None (or
+    ``n_threads=0``) with what suits the device: ``(device, n_threads, batch_size,
+    flash_attn)``, see the module docstring. ``info`` is `pylfm.system_info()` (read from
+    the build when omitted). DeviceError for the device, ValueError for the numbers."""
+    if n_threads == 0:  # 0 has always meant "the default" (as in llama.cpp)
+        n_threads = None
     for name, value in (("n_threads", n_threads), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
