@@ -154,6 +154,29 @@ def test_physical_cores_on_this_machine():
 
 
 # ---------------------------------------------------------------------------- placement
+@pytest.fixture(scope="module")
+def wide_gguf(tiny_tool, tmp_path_factory):
+    """The tiny checkpoint with a 128-wide language model instead of 64: ggml-cuda runs
+    SSM_CONV only on a multiple of 128 channels (the real model has 2048, the encoder 512),
+    so on a GPU the 64-wide tiny model's short convs would fall back to the CPU."""
+    from pylfm.converter import convert
+
+    dims = dict(tiny_tool.TINY, hidden=128)
+    saved = dict(tiny_tool.TINY)
+    tiny_tool.TINY.update(dims)
+    try:
+        ckpt = tiny_tool.make_checkpoint(tmp_path_factory.mktemp("wide") / "tiny-wide", seed=0)
+    finally:
+        tiny_tool.TINY.clear()
+        tiny_tool.TINY.update(saved)
+    assert tiny_tool.TINY["hidden"] == 64
+    g = convert(ckpt, outdir=tmp_path_factory.mktemp("wide-gguf"), outtype="f32", progress=False)
+    from pylfm.gguf_info import check_gguf
+
+    assert check_gguf(g.model_path)["n_embd"] == 128
+    return g
+
+
 def _placement_model(gguf, device, monkeypatch):
     monkeypatch.setenv("PYLFM_RECORD_PLACEMENT", "1")  # read when the engine is created
     return pylfm.Model(gguf.model_path, gguf.mmproj_path, device=device, n_threads=2, batch_size=2)
@@ -182,10 +205,10 @@ def test_placement_off_by_default(tiny_gguf_f32, monkeypatch):
     m.close()
 
 
-def test_placement_on_cpu_is_all_cpu(tiny_gguf_f32, monkeypatch, test_device):
+def test_placement_on_cpu_is_all_cpu(wide_gguf, monkeypatch, test_device):
     if test_device != "cpu":
         pytest.skip("the CPU placement test runs with --device cpu")
-    m = _placement_model(tiny_gguf_f32, "cpu", monkeypatch)
+    m = _placement_model(wide_gguf, "cpu", monkeypatch)
     encode_only, run = _run_all_phases(m)
     assert set(encode_only) == {"encode"}, _table(encode_only)
     assert set(run) == {"encode", "prefill", "decode"}, _table(run)
@@ -204,8 +227,8 @@ HOST_OPS = {"prefill": {"GET_ROWS"}, "decode": {"GET_ROWS"}, "encode": set()}
 
 
 @pytest.mark.gpu
-def test_placement_on_gpu(tiny_gguf_f32, monkeypatch, test_device):
-    m = _placement_model(tiny_gguf_f32, test_device, monkeypatch)
+def test_placement_on_gpu(wide_gguf, monkeypatch, test_device):
+    m = _placement_model(wide_gguf, test_device, monkeypatch)
     encode_only, run = _run_all_phases(m)
     print(f"placement on {m.device}:\n{_table(run)}")
     assert set(run) == {"encode", "prefill", "decode"}, _table(run)
