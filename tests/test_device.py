@@ -130,6 +130,14 @@ def test_defaults_reject_bad_values(kwargs):
         dev.resolve_defaults("cpu", info=CPU_ONLY, **kwargs)
 
 
+def test_model_uses_the_device_defaults(tiny_gguf_f32, test_device):
+    # on a GPU: 32 sequence slots; on the CPU: 4, and one thread per physical core
+    m = pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device=test_device)
+    want = dev.resolve_defaults(test_device)
+    assert (m.n_threads, m.batch_size) == (want.n_threads, want.batch_size)
+    m.close()
+
+
 def _fake_sysfs(root, siblings):
     for cpu, group in enumerate(siblings):
         topo = root / f"cpu{cpu}" / "topology"
