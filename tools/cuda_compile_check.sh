@@ -64,12 +64,26 @@ NODRIVER="$W/driver-stub"  # libcuda.so.1 = the stub: a driver that sees no devi
 mkdir -p "$NODRIVER"
 ln -sf "$TOOLKIT/lib/stubs/libcuda.so" "$NODRIVER/libcuda.so.1"
 STUB_PATH="$NODRIVER:$TOOLKIT/lib"
+unresolved() {  # unresolved FILE: libraries or symbols ldd -r cannot find (Python's own API,
+  # which the interpreter provides to an extension module, does not count)
+  [[ -f "$1" ]] || { echo "missing: $1"; return 0; }
+  LD_LIBRARY_PATH=$STUB_PATH ldd -r "$1" > "$W/ldd-$(basename "$1").txt" 2>&1
+  grep -E 'undefined symbol|not found' "$W/ldd-$(basename "$1").txt" | grep -vE 'undefined symbol: _?Py'
+}
 for so in "$LIB/libggml-cuda.so" "$CORE"; do
-  LD_LIBRARY_PATH=$STUB_PATH ldd -r "$so" > "$W/ldd-$(basename "$so").txt" 2>&1
-  check "every symbol of $(basename "$so") resolves" bash -c "! grep -E 'undefined symbol|not found' '$W/ldd-$(basename "$so").txt'"
+  bad=$(unresolved "$so")
+  check "every library and symbol $(basename "$so") needs resolves" test -z "$bad"
+  [[ -z "$bad" ]] || echo "$bad" | head -5 >&2
 done
+loaded_from() {  # loaded_from LDD_TXT LIBNAME: the real folder ldd found LIBNAME in
+  local p
+  p=$(grep -oP "^\s*$2\S* => \K\S+" "$1" | head -1)
+  [[ -n "$p" ]] && dirname "$(realpath "$p")"
+}
+lib_real=$(realpath "$LIB")
 check "pylfm._core uses the venv's libllama and libggml" bash -c \
-  "grep -E 'lib(llama|ggml)\.so' '$W/ldd-$(basename "$CORE").txt' | grep -q '$LIB'"
+  "[[ '$(loaded_from "$W/ldd-$(basename "$CORE").txt" libllama.so)' == '$lib_real' &&
+     '$(loaded_from "$W/ldd-$(basename "$CORE").txt" libggml.so)' == '$lib_real' ]]"
 check "the runtime libraries come from the PyPI toolkit" bash -c \
   "grep -E 'lib(cudart|cublas)\.so' '$W/ldd-libggml-cuda.so.txt' | grep -q '$TOOLKIT'"
 
