@@ -25,6 +25,7 @@ from typing import Any, BinaryIO
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import ModelLoadError
+from .gguf_consistency import check_hparams
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -215,7 +216,8 @@ def _kind(kv: dict[str, Any]) -> str:
 
 
 def check_gguf(path: str | Path) -> dict[str, Any]:
-    """Validate a GGUF cheaply before loading it; raise ModelLoadError if it is unusable.
+    """Validate a GGUF cheaply before loading it; raise ModelLoadError if it is unusable
+    (missing, not a GGUF, truncated, or a header whose values disagree with its tensors).
 
     Returns {'kind': 'model'|'mmproj', 'arch', 'projector', 'has_audio': bool, 'n_embd'}.
     """
@@ -226,6 +228,10 @@ def check_gguf(path: str | Path) -> dict[str, Any]:
             f"{p} is truncated: its tensors need {end} bytes but the file has {size}; the download "
             "or conversion was interrupted, get or convert the file again")
     kv = header.kv
+    try:
+        check_hparams(kv, header.tensors)
+    except ValueError as e:
+        raise ModelLoadError(f"{p} is a corrupt GGUF: {e}; get or convert the file again") from None
     kind = _kind(kv)
     arch = kv.get("general.architecture")
     projector = kv.get("clip.projector_type") or kv.get("clip.audio.projector_type")
