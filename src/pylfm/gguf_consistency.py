@@ -4,7 +4,8 @@ llama.cpp cross-checks most tensor shapes against the header when it loads a mod
 but trusts a few values outright, and a wrong one aborts the whole process (a
 GGML_ASSERT) instead of failing the load: a block count of 0, a NaN norm epsilon, an
 mmproj whose head count, width or mel-bin count does not match its tensors, a norm
-weight stored as F16. One flipped bit in the header is enough. `check_hparams` compares those values with the
+weight stored as F16, a position table too short for pylfm's longest window. One
+flipped bit in the header is enough. `check_hparams` compares those values with the
 tensor shapes the same header lists, before llama.cpp sees the file.
 
 Only the LFM2 text model (arch ``lfm2``) and the LFM2-Audio encoder (projector
@@ -16,6 +17,8 @@ from __future__ import annotations
 import math
 import re
 from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
+
+from .options import MAX_WINDOW_S
 
 Tensor = Tuple[str, Tuple[int, ...], int, int]  # name, ne, type, offset (gguf_info's header)
 
@@ -85,6 +88,16 @@ def _check_audio(kv: Dict[str, Any], shapes: Dict[str, Tuple[int, ...]]) -> None
         raise ValueError(f"{p}num_mel_bins is {n_mel}, which makes {_ceil_half(n_mel, 3) * channels} inputs for "
                          f"a.pre_encode.out.weight ({channels} channels x mel bins / 8), but it takes {n_in}")
     _positive_finite(kv, p + "attention.layer_norm_epsilon")
+    # what llama.cpp's LFM2A graph hard-codes: the width of its relative positions, the
+    # depthwise kernel (its padding), and a row of a.position_embd per 2 mel frames of a chunk
+    if n_embd != 512:
+        raise ValueError(f"{p}embedding_length is {n_embd}; llama.cpp's LFM2-Audio encoder needs 512")
+    kernel = _dim(shapes, "a.blk.0.conv_dw.weight", 0)
+    if kernel is not None and kernel != 9:
+        raise ValueError(f"a.blk.0.conv_dw.weight has a kernel of {kernel}; llama.cpp's LFM2-Audio encoder needs 9")
+    rows, need = _dim(shapes, "a.position_embd.weight", 1), int(MAX_WINDOW_S * 100) // 2 + 1
+    if rows is not None and rows < need:
+        raise ValueError(f"a.position_embd.weight has {rows} rows; {MAX_WINDOW_S:g} s windows need {need}")
     mlp = sorted((int(m.group(1)), name) for name in shapes if (m := re.fullmatch(r"mm\.a\.mlp\.(\d+)\.weight", name))
                  and len(shapes[name]) == 2)
     if mlp:
