@@ -51,7 +51,11 @@ def run(argv: Sequence[str], *, restricted: bool = False, max_file_bytes: Option
                 "1" if restricted else "0", *argv]
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", HF_HUB_OFFLINE="1")
     env.update(kwargs.pop("env", {}))
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+    if "stdout" in kwargs:  # e.g. a file: only stderr is captured
+        kwargs.setdefault("stderr", subprocess.PIPE)
+    else:
+        kwargs["capture_output"] = True
+    return subprocess.run(list(argv), text=True, timeout=timeout, env=env, **kwargs)
 
 
 def python(code: str, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:

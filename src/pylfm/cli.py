@@ -112,7 +112,7 @@ def main_transcribe(args: argparse.Namespace) -> int:
         raise
     status = results.finish()
     if interrupted:
-        print("pylfm transcribe: interrupted; the outputs finished before were written", file=sys.stderr)
+        print("pylfm transcribe: interrupted; the files already written are complete", file=sys.stderr)
         return EXIT_INTERRUPTED
     return status
 
@@ -173,8 +173,11 @@ def _stream_to_stdout(model, name: str, opts: dict) -> int:
     except StdoutError as e:
         print(f"pylfm transcribe: {name}: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
     except _INPUT_ERRORS as e:
-        if started:
-            _write_stdout("\n")
+        if started:  # end the partial line (the input's error is the one to report)
+            try:
+                _write_stdout("\n")
+            except OSError:
+                pass
         print(f"pylfm transcribe: {name}: {describe(e, name)}", file=sys.stderr)
     finally:
         if pieces is not None and hasattr(pieces, "close"):
@@ -317,7 +320,7 @@ EXIT_OK = 0  # everything asked for was done
 EXIT_FAILED = 1  # some inputs failed, or their outputs could not be written; the others were written
 EXIT_USAGE = 2  # nothing was done: bad arguments, model not found or not loadable, unusable output directory
 EXIT_BUG = 70  # an unexpected error inside pylfm (sysexits' EX_SOFTWARE); --verbose shows the traceback
-EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); outputs finished before it were written
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); the files already written stay, each complete
 
 
 class CommandError(Exception):
