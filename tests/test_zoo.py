@@ -437,3 +437,35 @@ def test_cli(case, mode, zoo, tmp_path):
             assert not [f for f in target.iterdir() if f.name.startswith(".")], "temporary files left"
     else:
         raise AssertionError(f"no CLI check for kind {case.kind!r}")
+
+
+def test_cli_interrupted_keeps_finished_files(zoo, tmp_path):
+    """Ctrl-C in the middle of a batch: exit status 130, one line, no traceback, the
+    file finished before it complete, nothing half-written."""
+    import signal
+    import subprocess
+    import time
+
+    from pylfm.bench import synth_audio
+
+    long = tmp_path / "long.wav"
+    sf.write(str(long), synth_audio(600.0, seed=3), RATE)  # tens of seconds to decode
+    out = tmp_path / "out"
+    argv = [*os_failures.pylfm_command(), "transcribe", str(zoo.good[0]), str(long), "-o", str(out), "--model",
+            str(zoo.model), "--mmproj", str(zoo.mmproj), "--device", "cpu", "--threads", "1", "--quiet"]
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / f"{G0}.txt").exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None, "the batch ended before it could be interrupted"
+        p.send_signal(signal.SIGINT)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines() == [
+        "pylfm transcribe: interrupted; the files already written are complete"], stderr
+    assert sorted(f.name for f in out.iterdir()) == [f"{G0}.txt"]  # complete, and no temporary files
+    assert (out / f"{G0}.txt").read_text().strip()
