@@ -191,7 +191,7 @@ def _decode_av(src: Source, target_rate: float, quality: str, max_duration: Opti
     name = src.name
     try:
         container = av.open(src.file, mode="r", options=_AV_OPTIONS)
-    except av.FFmpegError as e:
+    except av.error.FFmpegError as e:
         raise _not_audio(src, e, sf_detail) from None
     with container:
         streams = container.streams.audio
@@ -249,7 +249,7 @@ def _av_chunks(container, stream) -> Iterator[Tuple[np.ndarray, int]]:
             try:
                 frames = packet.decode()
                 bad = 0
-            except (av.InvalidDataError, ValueError) as e:
+            except (av.error.InvalidDataError, ValueError) as e:
                 bad += 1
                 if bad > _MAX_BAD_PACKETS:
                     raise _Damaged(str(e)) from None
@@ -267,7 +267,7 @@ def _av_chunks(container, stream) -> Iterator[Tuple[np.ndarray, int]]:
                 fifo.write(frame)
                 if fifo.samples >= _BLOCK_FRAMES:
                     yield _frame_samples(fifo.read(_BLOCK_FRAMES)), rate
-    except av.FFmpegError as e:
+    except av.error.FFmpegError as e:
         if fifo is not None and fifo.samples:
             yield _frame_samples(fifo.read()), rate
         raise _Damaged(getattr(e, "strerror", None) or str(e)) from None
@@ -278,7 +278,7 @@ def _av_chunks(container, stream) -> Iterator[Tuple[np.ndarray, int]]:
 def _frame_samples(frame) -> np.ndarray:
     """An FFmpeg audio frame as (samples, channels) float32 in [-1, 1)."""
     a = frame.to_ndarray()
-    a = a.T if frame.format.is_planar else a.reshape(-1, frame.layout.nb_channels)
+    a = a.T if frame.format.is_planar else a.reshape(-1, len(frame.layout.channels))
     if a.dtype.kind == "f":
         return a.astype(np.float32, copy=False)
     # Integer PCM: full scale is 2**(bits-1) (FFmpeg keeps 24-bit audio in the top bits
