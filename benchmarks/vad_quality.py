@@ -87,10 +87,19 @@ def main(argv: Sequence[str] = None) -> int:
                 say(f"{cond:>13} | {det:>6} | {window:g} s | lost {row['speech_lost_pct']:.3f} % | edges in "
                     f"utterances {row['edges_inside_pct']:.1f} % | non-speech sent {row['nonspeech_sent_pct']:.1f} % "
                     f"| {row['seconds_per_audio_minute']:.3f} s/min")
+    speed = None
+    if "silero" in args.detectors.split(","):
+        say("timing Silero: segments side by side against one sequence ...")
+        speed = batching_speed(np.concatenate([x for x, _ in recordings]))
     print(table(rows, args))
+    if speed:
+        print(f"\nSilero on the {2 * args.minutes:g} clean minutes: {speed['batched_s_per_min']:.2f} s per audio minute "
+              f"in 60 s segments side by side, {speed['one_sequence_s_per_min']:.2f} s as one sequence "
+              f"({speed['speedup']:.1f}x).")
     if args.json:
         Path(args.json).write_text(json.dumps({"minutes_per_recording": args.minutes, "seed": args.seed,
-                                               "options": VadOptions().__dict__, "rows": rows}, indent=2))
+                                               "options": VadOptions().__dict__, "rows": rows,
+                                               "silero_batching": speed}, indent=2))
     return 0
 
 
@@ -127,19 +136,53 @@ def measure(signals: List[np.ndarray], truths: List[List[Span]], detector: str, 
 
 
 def table(rows: List[Dict], args: argparse.Namespace) -> str:
+    """One line per audio and window; each cell lists the detectors in ``--detectors`` order."""
+    dets = args.detectors.split(",")
+    cmd = "python benchmarks/vad_quality.py" + (f" --minutes {args.minutes:g}" if args.minutes != 4 else "")
     lines = [
-        f"Speech: 2 x {args.minutes:g} min of espeak-ng speech (seed {args.seed}); "
-        "`python benchmarks/vad_quality.py" + (f" --minutes {args.minutes:g}" if args.minutes != 4 else "") + "`",
+        f"2 x {args.minutes:g} min of espeak-ng speech, seed {args.seed}, `{cmd}`; cells: " + " / ".join(dets),
         "",
-        "| audio | detector | window | speech lost | edges inside utterances | non-speech sent | windows "
+        "| audio | window | speech lost | edges inside utterances | non-speech sent | windows "
         "| detector time per audio minute |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    keys = []
     for r in rows:
-        lines.append(f"| {r['audio']} | {r['detector']} | {r['window_s']:g} s | {r['speech_lost_pct']:.2f} % "
-                     f"| {r['edges_inside_pct']:.1f} % ({r['edges']} edges) | {r['nonspeech_sent_pct']:.1f} % "
-                     f"| {r['windows']} | {r['seconds_per_audio_minute']:.2f} s |")
+        if (r["audio"], r["window_s"]) not in keys:
+            keys.append((r["audio"], r["window_s"]))
+    for audio, window in keys:
+        by = {r["detector"]: r for r in rows if r["audio"] == audio and r["window_s"] == window}
+
+        def cell(fmt, key):
+            return " / ".join(fmt.format(by[d][key]) for d in dets if d in by)
+
+        lines.append(f"| {audio} | {window:g} s | {cell('{:.2f} %', 'speech_lost_pct')} "
+                     f"| {cell('{:.1f} %', 'edges_inside_pct')} | {cell('{:.0f} %', 'nonspeech_sent_pct')} "
+                     f"| {cell('{}', 'windows')} | {cell('{:.2f} s', 'seconds_per_audio_minute')} |")
     return "\n".join(lines)
+
+
+def batching_speed(x: np.ndarray, repeat: int = 2) -> Dict:
+    """Silero's probabilities for ``x``: in segments side by side (pylfm's way) against one
+    sequence (Silero's own loop), seconds per audio minute (best of ``repeat``, the two
+    alternating), in the same run."""
+    from pylfm.vad import silero
+
+    silero.session()
+    minutes = len(x) / synth.RATE / 60
+    default = silero.SEGMENT_S
+    best = {"batched": float("inf"), "sequence": float("inf")}
+    try:
+        for _ in range(repeat):
+            for way, segment in (("batched", default), ("sequence", len(x) / synth.RATE + 1)):
+                silero.SEGMENT_S = segment
+                t = time.perf_counter()
+                silero.speech_probabilities(x)
+                best[way] = min(best[way], (time.perf_counter() - t) / minutes)
+    finally:
+        silero.SEGMENT_S = default
+    return {"batched_s_per_min": best["batched"], "one_sequence_s_per_min": best["sequence"],
+            "speedup": best["sequence"] / best["batched"]}
 
 
 if __name__ == "__main__":
