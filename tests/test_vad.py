@@ -8,7 +8,7 @@ import pytest
 
 from pylfm.audio import MIN_SAMPLES_16K
 from pylfm.errors import AudioError
-from pylfm.vad import VadOptions, frame_levels_db, plan_windows, speech_regions, split_windows
+from pylfm.vad import VadOptions, plan_windows, speech_regions, split_windows
 
 SR = 16000
 
