@@ -40,7 +40,6 @@ _EXPORTS = {
     "ModelNotFoundError": "pylfm.errors",
     "DeviceError": "pylfm.errors",
     "ConversionError": "pylfm.errors",
-    "AudioTooLongError": "pylfm.errors",
     "TranscriptionCancelled": "pylfm.errors",
     "TranscriptionTimeout": "pylfm.errors",
 }

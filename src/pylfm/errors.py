@@ -10,7 +10,7 @@ class AudioError(PylfmError, ValueError):
 
 
 class AudioTooLongError(AudioError):
-    """The audio is longer than the ``max_duration`` the caller allowed.
+    """The audio is longer than the caller's ``max_duration`` (or a server's limit).
 
     Attributes:
         duration: the audio's length in seconds when known (from the container header),
@@ -52,11 +52,3 @@ class TranscriptionCancelled(PylfmError):
 class TranscriptionTimeout(TranscriptionCancelled, TimeoutError):
     """A transcription did not finish within its ``timeout=``; ``partial`` as above."""
 
-
-class AudioTooLongError(AudioError):
-    """The audio is longer than the caller's ``max_duration`` (or a server's limit)."""
-
-    def __init__(self, message: str, duration: "float | None" = None, limit: "float | None" = None) -> None:
-        super().__init__(message)
-        self.duration = duration
-        self.limit = limit
