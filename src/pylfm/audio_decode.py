@@ -53,19 +53,17 @@ def check_rate(rate: float, what: str) -> float:
 
 def decode(src: Source, target_rate: float, quality: str, max_duration: Optional[float]) -> Tuple[np.ndarray, float]:
     """Decode ``src`` -> (float32 mono samples at ``target_rate``, the file's own rate)."""
-    if src.seekable:
+    sf_detail = None  # why libsndfile could not open it, for the error message
+    if src.seekable:  # libsndfile needs to seek
         start = src.file.tell()
         try:
             sfile = sf.SoundFile(src.file)
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-            sfile = None
             sf_detail = getattr(e, "error_string", None) or str(e)
             src.file.seek(start)
-        if sfile is not None:
+        else:
             with sfile:
                 return _decode_sndfile(sfile, src.name, target_rate, quality, max_duration)
-    else:
-        sf_detail = None
     return _decode_av(src, target_rate, quality, max_duration, sf_detail)
 
 

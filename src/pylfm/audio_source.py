@@ -237,7 +237,7 @@ class _TimedReader(io.RawIOBase):
         self._wait()
         try:
             return os.readv(self._fd, [buf])
-        except BlockingIOError:  # woke without data after all: treat as a timeout wait again
+        except BlockingIOError:  # someone else set O_NONBLOCK on a shared stdin: wait once more
             self._wait()
             return os.readv(self._fd, [buf])
 
