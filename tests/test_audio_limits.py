@@ -125,3 +125,13 @@ def test_edge_rates_accepted():
     assert len(load_audio(np.zeros(1000, np.float32), sample_rate=1000)) == SR
     y = load_audio(np.zeros(1_000_000 // 10, np.float32), sample_rate=1_000_000)
     assert len(y) == SR // 10
+
+
+def test_long_file_is_decoded_in_chunks(tmp_path):
+    # 3 min of 48 kHz stereo: the original-rate float32 copy would be 66 MiB, the
+    # 16 kHz mono result 11 MiB. Chunked decoding holds little more than the result.
+    path = tmp_path / "long.wav"
+    sf.write(path, np.zeros((180 * 48000, 2), np.int16), 48000, subtype="PCM_16")
+    y, seconds, peak = measured(lambda: load_audio(path))
+    assert len(y) == 180 * SR
+    assert peak < 11 * 1.3 + 2
