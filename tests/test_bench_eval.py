@@ -4,6 +4,7 @@ report, the CLI commands, WER/CER and their normalisation, and manifest handling
 real transcripts."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import soundfile as sf
 
 import pylfm
 from pylfm import cli
+from pylfm.audio import load_audio
 from pylfm.bench import format_report, run_bench, synth_audio
 from pylfm.evaluate import cer, error_counts, evaluate, format_table, normalize_text, wer
 
@@ -130,8 +132,12 @@ def _clips(tmp_path, n=3):
     return paths
 
 
+# The synthetic clips are speech-like bursts, not speech: decoded whole, without a detector.
+WHOLE = {"vad": None}
+
+
 def _words(model, path, tokens=12):
-    words = normalize_text(model.transcribe(str(path), max_new_tokens=tokens).text).split()
+    words = normalize_text(model.transcribe(str(path), max_new_tokens=tokens, **WHOLE).text).split()
     assert words, f"the tiny model gave an empty transcript for {path.name}"
     return words
 
@@ -150,7 +156,7 @@ def test_overall_rates_are_corpus_level(model, tmp_path):
     ref_b = wb + ["three", "more", "words"]
     manifest = _jsonl(tmp_path / "m.jsonl", [{"audio": a.name, "text": " ".join(ref_a).upper() + "!"},
                                               {"audio": b.name, "text": " ".join(ref_b)}])
-    r = evaluate(model, manifest, max_new_tokens=12)
+    r = evaluate(model, manifest, max_new_tokens=12, **WHOLE)
     fa, fb = r["files"]
     assert (fa["substitutions"], fa["deletions"], fa["insertions"]) == (1, 0, 0)
     assert (fb["substitutions"], fb["deletions"], fb["insertions"]) == (0, 3, 0)
@@ -160,7 +166,7 @@ def test_overall_rates_are_corpus_level(model, tmp_path):
     assert r["overall"]["duration"] == pytest.approx(1.5 + 2.0)
     assert r["overall"]["rtf"] > 0 and r["n_scored"] == 2
     # scored as written, the upper-case reference with "!" differs in every word
-    raw = evaluate(model, manifest, normalize=False, max_new_tokens=12)
+    raw = evaluate(model, manifest, normalize=False, max_new_tokens=12, **WHOLE)
     assert raw["normalize"] is False and raw["files"][0]["wer"] > fa["wer"]
 
 
@@ -180,7 +186,7 @@ def test_manifest_errors_are_reported_per_line_and_the_run_goes_on(model, tmp_pa
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(lines) + "\n")
     seen = []
-    r = evaluate(model, manifest, on_item=seen.append, max_new_tokens=8)
+    r = evaluate(model, manifest, on_item=seen.append, max_new_tokens=8, **WHOLE)
     assert r["n_lines"] == 6 and r["n_scored"] == 2 and r["n_failed"] == 4
     assert len(seen) == 6
     errors = {f["line"]: f["error"] for f in r["files"] if "error" in f}
@@ -198,17 +204,17 @@ def test_manifest_errors_are_reported_per_line_and_the_run_goes_on(model, tmp_pa
 def test_evaluate_accepts_a_list_of_entries(model, tmp_path):
     path = _clips(tmp_path, 1)[0]
     hyp = " ".join(_words(model, path, 8))
-    r = evaluate(model, [{"audio": str(path), "text": hyp.upper() + "."}], max_new_tokens=8)
+    r = evaluate(model, [{"audio": str(path), "text": hyp.upper() + "."}], max_new_tokens=8, **WHOLE)
     assert r["files"][0]["wer"] == 0.0 and r["overall"]["cer"] == 0.0 and r["n_scored"] == 1
 
 
 def test_eval_self_is_zero_and_other_text_is_positive(model, tmp_path):
     clips = _clips(tmp_path)
-    hyps = [model.transcribe(str(p), max_new_tokens=12).text for p in clips]
+    hyps = [model.transcribe(str(p), max_new_tokens=12, **WHOLE).text for p in clips]
     assert all(normalize_text(h) for h in hyps), f"the tiny model gave an empty transcript: {hyps!r}"
     manifest = tmp_path / "self.jsonl"
     manifest.write_text("".join(json.dumps({"audio": p.name, "text": h}) + "\n" for p, h in zip(clips, hyps)))
-    r = evaluate(model, manifest, max_new_tokens=12)
+    r = evaluate(model, manifest, max_new_tokens=12, **WHOLE)
     assert r["n_failed"] == 0 and r["n_scored"] == 3
     assert r["overall"]["wer"] == 0.0 and r["overall"]["cer"] == 0.0
     assert all(f["wer"] == 0.0 and f["rtf"] > 0 for f in r["files"])
@@ -217,18 +223,20 @@ def test_eval_self_is_zero_and_other_text_is_positive(model, tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({"audio": p.name, "text": "a completely different sentence"}) + "\n"
                              for p in clips))
-    r2 = evaluate(model, other, max_new_tokens=12)
+    r2 = evaluate(model, other, max_new_tokens=12, **WHOLE)
     assert r2["overall"]["wer"] > 0 and r2["overall"]["cer"] > 0
 
 
 def test_eval_cli_reports_missing_audio_and_finishes(tiny_gguf_f32, model, tmp_path, capsys):
-    clips = _clips(tmp_path, 2)
-    hyp = model.transcribe(str(clips[1]), max_new_tokens=8).text
+    speech = tmp_path / "speech.wav"  # real speech: the command's default detector passes it to the model
+    sf.write(str(speech), load_audio(Path(__file__).parent / "fixtures" / "speech_espeak.flac")[:4 * RATE], RATE)
+    hyp = model.transcribe(str(speech), max_new_tokens=8).text
+    assert normalize_text(hyp), "the tiny model gave an empty transcript"
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
         json.dumps({"audio": "nope.wav", "text": "lost"}) + "\n"
         + "this is not json\n"
-        + json.dumps({"audio": clips[1].name, "text": hyp}) + "\n")
+        + json.dumps({"audio": speech.name, "text": hyp}) + "\n")
     rc = cli.main(["eval", str(manifest), *_model_args(tiny_gguf_f32), "--max-new-tokens", "8", "--json"])
     cap = capsys.readouterr()
     assert rc == 1  # a line failed, but only after everything ran and was printed

@@ -107,7 +107,7 @@ def test_official_layout_folder_loads_the_right_pair(tiny_gguf_f32, tmp_path):
                                                            "mmproj-LFM2.5-Audio-1.5B-Q8_0.gguf")
         t = np.arange(16000) / 16000
         assert m.transcribe((0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), sample_rate=16000,
-                            max_new_tokens=4, ignore_eos=True).n_tokens == 4
+                            max_new_tokens=4, ignore_eos=True, vad=None).n_tokens == 4
 
 
 def test_folder_with_other_names_uses_the_headers(tiny_gguf_f32, tmp_path):
