@@ -170,6 +170,8 @@ def _stream_to_stdout(model, name: str, opts: dict) -> int:
             started = started or bool(piece)
         _write_stdout("\n")
         return EXIT_OK
+    except BrokenPipeError:  # the reader left (e.g. head): not this input's fault
+        raise
     except StdoutError as e:
         print(f"pylfm transcribe: {name}: cannot write to standard output: {e.strerror or e}", file=sys.stderr)
     except _INPUT_ERRORS as e:
