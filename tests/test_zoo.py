@@ -35,7 +35,6 @@ import soundfile as sf
 import os_failures
 import pylfm
 from pylfm.errors import AudioError, ModelLoadError, ModelNotFoundError
-from pylfm.formats import Segment
 
 RATE = 16000
 TOKENS = 4  # generated per window: enough to show a transcript, cheap
@@ -50,8 +49,10 @@ class Case:
       * "audio": ``{"audio": path}``, transcribed between two good files;
       * "model": ``{"model": path, "mmproj": path}``;
       * "options": ``{"api": {option: value} or None, "cli": [args] or None}``;
-      * "output": ``{"cli": [args], "run": {...}}`` for `os_failures.run` (``restricted``,
-        ``max_file_bytes``, ``stdout``), optionally ``"inputs": [paths]``.
+      * "output": ``{"prepare": f, "run": {...}, "inputs": [paths]}``: ``f(zoo, out)``
+        spoils a fresh output folder path before each run and returns the -o argument
+        (None: ``out``); ``run`` goes to `os_failures.run` (``max_file_bytes``, or
+        ``stdout``: a file to print into, and then no -o).
     ``error``: what the Python API raises (None: no Python API case); ``exit_code``: the
     CLI's status (None: no CLI case); ``message``: a regex the error message and the
     CLI's stderr contain; ``needs``: "permissions" where file modes must be enforced;
