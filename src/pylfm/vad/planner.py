@@ -21,9 +21,11 @@ def plan_windows(pcm: np.ndarray, rate: int, *, window: float = 30.0, vad: Optio
     """The sample spans ``[start, end)`` of ``pcm`` to decode, in order, non-overlapping,
     each at most ``window`` seconds and at least one encoder frame (80 ms) long.
 
-    * No speech at all: ``[]`` (silence is never sent to the model).
-    * Audio that fits in one window and has speech: ``[(0, len(pcm))]``, decoded whole
-      as the reference implementation sees it.
+    * Audio that fits in one window: ``[(0, len(pcm))]``, decoded whole as the reference
+      implementation sees it, unless it is silent by the energy detector (then ``[]``;
+      with ``vad=None`` even silence is decoded). The speech detector is not asked: a
+      miss on a short clip would lose all of its transcript.
+    * Longer audio with no speech at all: ``[]`` (silence is never sent to the model).
     * Longer audio: windows packed from whole speech regions, in order, while the window
       stays within ``window`` seconds and the pause before the next region is at most
       ``options.max_gap_s``; the silence between windows is not sent. A region longer
@@ -57,15 +59,16 @@ def plan_windows(pcm: np.ndarray, rate: int, *, window: float = 30.0, vad: Optio
                          f"{2 * min_samples(rate) / rate:.2f} s (two encoder frames)")
     if n == 0:
         return []
+    if n <= max_len:
+        # A clip that fits one window is decoded whole, as the reference implementation
+        # sees it, unless it is silent. The speech detector is for cutting long
+        # recordings: on a short clip, a miss would lose its whole transcript.
+        return [(0, n)] if vad is None or detect(x, rate, "energy", opts).regions else []
     if vad is None:
-        if n <= max_len:
-            return [(0, n)]
         return cut_long((0, n), max_len, min_len, detect(x, rate, None, opts))
     det = detect(x, rate, vad, opts)
     if not det.regions:
         return []
-    if n <= max_len:
-        return [(0, n)]
     pieces = [p for region in det.regions for p in cut_long(region, max_len, min_len, det)]
     windows = _pack(pieces, max_len, int(opts.max_gap_s * rate))
     return _widen_tiny(windows, n, min_len)
