@@ -117,7 +117,7 @@ def build_dataset(locations: List[str], *, model: Optional[str], mmproj: Optiona
     # reserve the CPUs their llama.cpp threads spin on.
     ds = ds.map_batches(decode_batch, batch_format="pyarrow", batch_size=files_per_call,
                         fn_kwargs={"max_duration": max_duration}, num_cpus=0,
-                        compute=ray.data.TaskPoolStrategy(size=max(2, 2 * actors)))
+                        compute=ray.data.TaskPoolStrategy(size=min(blocks, 2 * actors + 1)))
     return ds.map_batches(
         Transcriber, batch_format="pyarrow", batch_size=files_per_call,
         fn_constructor_kwargs=dict(model=model, mmproj=mmproj, device=device, n_threads=n_threads,
