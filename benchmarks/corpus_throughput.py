@@ -94,7 +94,7 @@ def with_ray(model: str, mmproj: str, paths: List[str], out: Path, args: argpars
     s = transcribe_corpus(paths, str(out), model=model, mmproj=mmproj, actors=1, cpus_per_actor=args.threads,
                           threads=args.threads, batch_size=args.batch_size, files_per_call=2 * args.batch_size,
                           max_new_tokens=args.tokens, ignore_eos=True, progress=False)
-    if s.transcribed != len(paths) or s.errors:
+    if s.written != len(paths) or s.errors:
         raise RuntimeError(f"Ray run incomplete: {s}")
     return s.seconds
 

@@ -136,7 +136,7 @@ def test_corpus_matches_transcribe_batch_and_resumes(cluster, corpus, expected, 
     out = str(tmp_path / "out.parquet")
     summary = transcribe_corpus([str(audio), str(manifest)], out, **run_kwargs(tiny_gguf_f32))
     n = len(good) + len(broken)
-    assert (summary.format, summary.inputs, summary.transcribed, summary.skipped) == ("parquet", n, n, 0)
+    assert (summary.format, summary.inputs, summary.written, summary.skipped) == ("parquet", n, n, 0)
     assert summary.errors == len(broken) and summary.files_per_second > 0
     rows = read_rows(out)
     check_complete(rows, corpus, expected)
@@ -147,7 +147,7 @@ def test_corpus_matches_transcribe_batch_and_resumes(cluster, corpus, expected, 
         transcribe_corpus([str(audio)], out, **run_kwargs(tiny_gguf_f32))
     before = sorted(os.listdir(out))
     again = transcribe_corpus([str(audio), str(manifest)], out, resume=True, **run_kwargs(tiny_gguf_f32))
-    assert (again.transcribed, again.skipped, again.seconds) == (0, n, 0.0)
+    assert (again.written, again.skipped, again.seconds) == (0, n, 0.0)
     assert sorted(os.listdir(out)) == before
 
 
@@ -177,7 +177,7 @@ def test_killed_job_resumes_to_the_complete_set(cluster, corpus, expected, tiny_
     assert 2 <= len(done) < n, f"kill came too late to test resuming ({len(done)} of {n} written)"
 
     summary = transcribe_corpus([str(audio), str(manifest)], str(out), resume=True, **run_kwargs(tiny_gguf_f32))
-    assert summary.skipped == len(done) and summary.transcribed == n - len(done)
+    assert summary.skipped == len(done) and summary.written == n - len(done)
     check_complete(read_rows(out), corpus, expected)
 
 

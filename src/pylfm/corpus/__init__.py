@@ -39,7 +39,7 @@ class CorpusSummary:
     format: str
     inputs: int  # distinct input files named
     skipped: int  # already in the output (resume)
-    transcribed: int  # rows written by this run
+    written: int  # rows written by this run (errors included)
     errors: int  # of those, rows with an error
     seconds: float  # wall time of the Ray job (0 when there was nothing to do)
     files_per_second: float
@@ -114,7 +114,7 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
     plan = dict(actors=actors or 1, gpus_per_actor=gpus_per_actor or 0.0, cpus_per_actor=cpus_per_actor or 1.0,
                 threads=threads, device=device or "cpu")
     seconds = 0.0
-    transcribed = errors = 0
+    written = errors = 0
     if todo:
         import ray
 
@@ -135,11 +135,11 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
             raise RuntimeError(_job_failure(e)) from None
         seconds = time.perf_counter() - start
         after = read_existing(out, fmt)
-        transcribed = len(after.paths) - len(existing.paths)
+        written = len(after.paths) - len(existing.paths)
         errors = after.errors - existing.errors
-    return CorpusSummary(out=out, format=fmt, inputs=len(locations), skipped=skipped, transcribed=transcribed,
+    return CorpusSummary(out=out, format=fmt, inputs=len(locations), skipped=skipped, written=written,
                          errors=errors, seconds=round(seconds, 3),
-                         files_per_second=round(transcribed / seconds, 3) if seconds else 0.0,
+                         files_per_second=round(written / seconds, 3) if seconds else 0.0,
                          actors=plan["actors"], gpus_per_actor=plan["gpus_per_actor"],
                          cpus_per_actor=plan["cpus_per_actor"], threads=plan["threads"], device=plan["device"])
 
