@@ -65,3 +65,13 @@ def tiny_gguf_f16(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
 def tiny_gguf_q8(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
     """ConvertResult of the tiny checkpoint in Q8_0."""
     return _convert(tiny_checkpoint, tmp_path_factory, "q8_0")
+
+
+@pytest.fixture(scope="session")
+def looping_gguf(tmp_path_factory: pytest.TempPathFactory):
+    """ConvertResult (F32) of a tiny model that falls into repetition loops
+    (tools/make_looping_checkpoint.py)."""
+    from pylfm.converter import convert
+
+    ckpt = load_tool("make_looping_checkpoint").make_looping_checkpoint(tmp_path_factory.mktemp("loop") / "looping")
+    return convert(ckpt, outdir=tmp_path_factory.mktemp("gguf-loop"), outtype="f32", progress=False)

@@ -182,7 +182,6 @@ def run_bench(model: Any, audio: Any, *, sample_rate: Optional[int] = None, repe
         runs.append(_run_metrics(result, wall_ms, seconds))
     assert result is not None
 
-    n_windows = _count_windows(model, pcm, window)
     report: Dict[str, Any] = {
         "model": Path(str(getattr(model, "model_path", ""))).name,
         "mmproj": Path(str(getattr(model, "mmproj_path", ""))).name,
@@ -197,7 +196,7 @@ def run_bench(model: Any, audio: Any, *, sample_rate: Optional[int] = None, repe
         "fixed_tokens": fixed_tokens,
         "window": window,
         "load_ms": float(getattr(model, "load_ms", 0.0)),
-        "n_windows": n_windows,
+        "n_windows": result.n_windows,
         "n_audio_tokens": result.n_audio_tokens,
         "n_prompt_tokens": result.n_prompt_tokens,
         "n_tokens": result.n_tokens,
@@ -214,18 +213,6 @@ def run_bench(model: Any, audio: Any, *, sample_rate: Optional[int] = None, repe
         for which in ("median", "min", "max"):
             report[which][k] = s[which]
     return report
-
-
-def _count_windows(model: Any, pcm: np.ndarray, window: float) -> int:
-    """How many requests `Model.transcribe` makes of ``pcm`` (its window split)."""
-    windows = getattr(model, "_windows", None)
-    if windows is not None:
-        return len(windows(pcm, window))
-    from .vad import split_windows
-
-    sr = model.sample_rate
-    spans = split_windows(pcm, sr, max_window_s=window)
-    return 0 if not spans else 1 if len(pcm) <= window * sr else len(spans)
 
 
 def _run_metrics(result: Any, wall_ms: float, seconds: float) -> Dict[str, Any]:

@@ -36,3 +36,12 @@ class TranscriptionCancelled(PylfmError):
 
 class TranscriptionTimeout(TranscriptionCancelled, TimeoutError):
     """A transcription did not finish within its ``timeout=``; ``partial`` as above."""
+
+
+class AudioTooLongError(AudioError):
+    """The audio is longer than the caller's ``max_duration`` (or a server's limit)."""
+
+    def __init__(self, message: str, duration: "float | None" = None, limit: "float | None" = None) -> None:
+        super().__init__(message)
+        self.duration = duration
+        self.limit = limit

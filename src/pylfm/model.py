@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _core
 from .audio import load_audio
-from .errors import AudioError, DeviceError, ModelLoadError, PylfmError
+from .errors import AudioTooLongError, DeviceError, ModelLoadError, PylfmError
 from .formats import Segment
 from .job import TranscriptionJob
 from .options import TranscribeOptions
@@ -271,8 +271,8 @@ class Model:
     def _load(self, audio: AudioInput, sample_rate: Optional[int], max_duration: Optional[float] = None) -> np.ndarray:
         pcm = load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate)
         if max_duration is not None and len(pcm) > max_duration * self.sample_rate:
-            raise AudioError(f"the audio is {len(pcm) / self.sample_rate:.1f} s long, more than max_duration="
-                             f"{max_duration:g} s")
+            raise AudioTooLongError(f"the audio is {len(pcm) / self.sample_rate:.1f} s long, more than max_duration="
+                                    f"{max_duration:g} s")
         return pcm
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
