@@ -8,8 +8,8 @@ Always measures the tiny generated model (made in a temporary folder with the
 project's generator and converter); with ``--full`` also a folder holding the
 full-size random-weight GGUFs (see benchmarks/README.md). Each model runs on N and on
 2N generated clips, both ways, with the same threads, batch size and a fixed number of
-generated tokens per file (end-of-generation ignored, so both do the same work); each
-measurement is the fastest of ``--repeat`` runs:
+generated tokens per file (end-of-generation ignored and no loop guard, so both do the
+same work); each measurement is the fastest of ``--repeat`` runs:
 
 * in-process: one `pylfm.Model` (loaded before the clock starts), ``transcribe_batch(paths)``;
 * Ray: ``transcribe_corpus(paths, out)`` on a local cluster started once (not timed):
@@ -79,7 +79,7 @@ def model_pair(folder: str) -> Tuple[str, str]:
 
 def in_process(model: Any, paths: List[str], tokens: int) -> float:
     t0 = time.perf_counter()
-    results = model.transcribe_batch(paths, max_new_tokens=tokens, ignore_eos=True)
+    results = model.transcribe_batch(paths, max_new_tokens=tokens, ignore_eos=True, loop_guard=None)
     wall = time.perf_counter() - t0
     bad = [r for r in results if isinstance(r, Exception)]
     if bad:
@@ -93,7 +93,7 @@ def with_ray(model: str, mmproj: str, paths: List[str], out: Path, args: argpars
     shutil.rmtree(out, ignore_errors=True)
     s = transcribe_corpus(paths, str(out), model=model, mmproj=mmproj, actors=1, cpus_per_actor=args.threads,
                           threads=args.threads, batch_size=args.batch_size, files_per_call=2 * args.batch_size,
-                          max_new_tokens=args.tokens, ignore_eos=True, progress=False)
+                          max_new_tokens=args.tokens, ignore_eos=True, loop_guard=None, progress=False)
     if s.written != len(paths) or s.errors:
         raise RuntimeError(f"Ray run incomplete: {s}")
     return s.seconds

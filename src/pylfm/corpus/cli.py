@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     options = dict(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
     if args.fixed_tokens is not None:
-        options.update(max_new_tokens=args.fixed_tokens, ignore_eos=True)
+        options.update(max_new_tokens=args.fixed_tokens, ignore_eos=True, loop_guard=None)
     try:
         summary = transcribe_corpus(
             args.inputs, args.out, model=args.model, mmproj=args.mmproj, fmt=args.format, resume=args.resume,
