@@ -21,7 +21,9 @@ a run spends outside the engine is wall - busy: for the Ray job that is actor st
 model load, pipeline start (fixed per job) plus a cost per file. From the two sizes:
 Ray's cost per file = ((wall - busy)(2N) - (wall - busy)(N)) / N, its fixed cost =
 (wall - busy)(N) - N x that. Other load on the machine slows the engine (busy) but not
-these differences, so they hold on a busy machine where the raw ratio does not.
+these differences as much; still, the cost of starting a process varies with the load,
+so on a busy machine the two derived numbers can come out negative: then read the
+per-run ``ray_outside_engine_s`` (an upper bound for the whole job's Ray cost).
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ def measure(name: str, model: str, mmproj: str, n: int, seconds: float, work: Pa
         "files_per_s_ray": round(2 * n / t_ray[2 * n][0], 3),
         "ratio_ray_vs_in_process": round(t_in[2 * n][0] / t_ray[2 * n][0], 3),
         "engine_s_per_file": round(engine_per_file, 3),
+        "ray_outside_engine_s": [round(outside[n], 2), round(outside[2 * n], 2)],
         "ray_overhead_per_file_ms": round(1000 * per_file, 1),
         "ray_fixed_cost_per_job_s": round(outside[n] - n * per_file, 2),
         "per_actor_files_per_s_steady": round(1 / (engine_per_file + per_file), 3),
