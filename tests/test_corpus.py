@@ -241,3 +241,10 @@ def test_cli_reports_bad_options_clearly(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pylfm.cli", "corpus", str(tmp_path / "*.wav"), "--out",
                         str(tmp_path / "o"), "--quiet"], capture_output=True, text=True)
     assert r.returncode == 2 and "no files match" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_without_the_extra_says_what_to_install():
+    code = ("import sys; sys.modules['ray'] = None; from pylfm.cli import main; "
+            "sys.exit(main(['corpus', 'x.wav', '--out', 'o']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2 and 'pip install "pylfm[ray]"' in r.stderr, r.stderr
