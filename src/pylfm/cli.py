@@ -69,6 +69,8 @@ def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--system", default="Perform ASR.", help="system prompt (default: 'Perform ASR.')")
     g.add_argument("--prompt", default=None, help="user text after the audio, e.g. a question about it")
     g.add_argument("--window", type=float, default=30.0, help="split recordings longer than this (seconds)")
+    g.add_argument("--vad", choices=("silero", "energy", "none"), default="silero",
+                   help="speech detector that cuts long recordings (default silero)")
     o = p.add_argument_group("output")
     o.add_argument("--format", "-f", choices=FORMATS + ("all",), default=None,
                    help="output format; with -o, one file per input (all = every format)")
@@ -84,7 +86,7 @@ def main_transcribe(args: argparse.Namespace) -> int:
     fmt = "json" if args.json and not args.format else args.format
     model = load_model(args)
     opts = dict(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, window=args.window)
+                temperature=args.temperature, window=args.window, vad=None if args.vad == "none" else args.vad)
 
     if len(args.files) == 1 and fmt is None and args.output_dir is None:
         # The common case: text streamed to stdout as it decodes.

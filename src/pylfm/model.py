@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _core
 from .audio import load_audio
-from .errors import AudioTooLongError, DeviceError, ModelLoadError, PylfmError
+from .errors import DeviceError, ModelLoadError, PylfmError
 from .formats import Segment
 from .job import TranscriptionJob
 from .options import TranscribeOptions
@@ -269,11 +269,7 @@ class Model:
                                 model_name=self.model_path.name, load_ms=self.load_ms, stream=stream)
 
     def _load(self, audio: AudioInput, sample_rate: Optional[int], max_duration: Optional[float] = None) -> np.ndarray:
-        pcm = load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate)
-        if max_duration is not None and len(pcm) > max_duration * self.sample_rate:
-            raise AudioTooLongError(f"the audio is {len(pcm) / self.sample_rate:.1f} s long, more than max_duration="
-                                    f"{max_duration:g} s")
-        return pcm
+        return load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate, max_duration=max_duration)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

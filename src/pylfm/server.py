@@ -203,13 +203,8 @@ class _Service:
 
     def decode_audio(self, data: bytes):
         from .audio import load_audio
-        from .errors import AudioTooLongError
 
-        pcm = load_audio(data, target_rate=self.sample_rate)
-        if len(pcm) > self.options.max_duration * self.sample_rate:  # TODO: checked by load_audio itself
-            raise AudioTooLongError(f"{len(pcm) / self.sample_rate:.1f} s, more than this server's limit of "
-                                    f"{self.options.max_duration:g} s (pylfm serve --max-audio-s)")
-        return pcm
+        return load_audio(data, target_rate=self.sample_rate, max_duration=self.options.max_duration)
 
     def record(self, seconds: float) -> None:
         with self._stats_lock:
