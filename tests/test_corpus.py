@@ -66,7 +66,7 @@ def corpus(tmp_path_factory):
     sf.write(audio / "short.wav", chirp(0.02, 200, 300), RATE)
     broken[str(audio / "short.wav")] = "too short"
     sf.write(audio / "long.flac", chirp(MAX_DURATION + 2, 200, 300), RATE)
-    broken[str(audio / "long.flac")] = "max-duration"
+    broken[str(audio / "long.flac")] = "AudioTooLongError"
     whole = (audio / "good03.wav").read_bytes()
     (audio / "truncated.ogg").write_bytes(whole[:30])  # a header cut short
     broken[str(audio / "truncated.ogg")] = "could not decode"

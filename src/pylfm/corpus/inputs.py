@@ -21,7 +21,8 @@ import os
 import posixpath
 from typing import Iterable, List, Optional
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".m4a", ".aac",
+                    ".wma", ".amr", ".ac3", ".mka", ".webm")  # video containers: name them (or a glob)
 MANIFEST_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 PATH_COLUMNS = ("path", "audio")
 

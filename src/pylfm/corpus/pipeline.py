@@ -11,10 +11,8 @@ when the slots of the previous batch's last windows free up.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
-import os
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -45,10 +43,7 @@ def decode_batch(batch: pa.Table, max_duration: Optional[float]) -> pa.Table:
 
 
 def _decode(path: str, max_duration: Optional[float]) -> np.ndarray:
-    import soundfile as sf
-
     from ..audio import load_audio
-    from ..errors import AudioError
 
     if is_url(path):
         import fsspec
@@ -57,24 +52,9 @@ def _decode(path: str, max_duration: Optional[float]) -> np.ndarray:
             source: Any = f.read()
     else:
         source = path
-    if max_duration is not None:
-        # The header tells most formats' length: refuse a long file before decoding it.
-        try:
-            info = sf.info(io.BytesIO(source) if isinstance(source, bytes) else source)
-            seconds = info.frames / info.samplerate if info.samplerate else None
-        except Exception:  # noqa: BLE001 - not decodable: load_audio says why, below
-            seconds = None
-        if seconds is not None and seconds > max_duration:
-            raise AudioError(_too_long(seconds, max_duration))
-    pcm = load_audio(source, target_rate=SAMPLE_RATE)
-    if max_duration is not None and len(pcm) > max_duration * SAMPLE_RATE:
-        raise AudioError(_too_long(len(pcm) / SAMPLE_RATE, max_duration))
-    return pcm
-
-
-def _too_long(seconds: float, limit: float) -> str:
-    return (f"the audio is {seconds:.1f} s long, more than --max-duration {limit:g} s; raise the limit "
-            "(long recordings are transcribed in windows) or split the file")
+    # A file longer than max_duration is refused from its header, or as soon as decoding
+    # passes the limit (AudioTooLongError), before it costs memory.
+    return load_audio(source, target_rate=SAMPLE_RATE, max_duration=max_duration)
 
 
 # ---------------------------------------------------------------------- actors
