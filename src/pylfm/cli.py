@@ -29,6 +29,7 @@ _COMMANDS = {
     "bench": ("pylfm.bench", "measure load, encode, prefill and decode speed, RTF and memory"),
     "eval": ("pylfm.evaluate", "word and character error rates over a JSONL manifest"),
     "serve": ("pylfm.server", "serve an OpenAI-compatible /v1/audio/transcriptions endpoint"),
+    "corpus": ("pylfm.corpus.cli", "transcribe a corpus (files, folders, manifests) with Ray Data, locally or on a cluster"),
 }
 
 
@@ -302,9 +303,12 @@ def _import_command(module: str, name: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        if name == "serve":  # optional extra: explain instead of failing the whole CLI
+        if name in _EXTRAS:  # optional extra: explain instead of failing the whole CLI
             return _MissingExtra(name, e)
         raise
+
+
+_EXTRAS = {"serve": "server", "corpus": "ray"}  # commands that need an optional extra
 
 
 class _MissingExtra:
@@ -315,7 +319,8 @@ class _MissingExtra:
         p.add_argument("rest", nargs=argparse.REMAINDER)
 
     def main(self, args: argparse.Namespace) -> int:
-        print(f"pylfm {self.name} needs the server extra: pip install \"pylfm[server]\" ({self.error})", file=sys.stderr)
+        extra = _EXTRAS[self.name]
+        print(f"pylfm {self.name} needs the {extra} extra: pip install \"pylfm[{extra}]\" ({self.error})", file=sys.stderr)
         return 2
 
 
