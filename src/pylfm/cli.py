@@ -60,19 +60,32 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 
 # ---------------------------------------------------------------------- transcribe
+DEFAULT_CUE_S = 10.0  # the longest subtitle cue, unless --max-segment says otherwise
 def add_transcribe_arguments(p: argparse.ArgumentParser) -> None:
     from .formats import FORMATS
 
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (wav, flac, ogg, mp3); - reads stdin")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="audio or video files (wav, flac, mp3, m4a, ogg/opus, webm, mp4, ...); - reads stdin")
     add_model_arguments(p)
     g = p.add_argument_group("decoding")
     g.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per window (default 512)")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, deterministic (default)")
+    g.add_argument("--top-k", type=int, default=0, help="sampling: keep the k likeliest tokens (0 = all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="sampling: nucleus probability (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--system", default="Perform ASR.", help="system prompt (default: 'Perform ASR.')")
     g.add_argument("--prompt", default=None, help="user text after the audio, e.g. a question about it")
-    g.add_argument("--window", type=float, default=30.0, help="split recordings longer than this (seconds)")
-    g.add_argument("--vad", choices=("silero", "energy", "none"), default="silero",
+    g.add_argument("--no-loop-guard", action="store_true",
+                   help="do not stop and re-decode windows that fall into repetition loops")
+    w = p.add_argument_group("long recordings")
+    w.add_argument("--window", type=float, default=30.0,
+                   help="the most audio decoded at once; longer recordings are cut (seconds, default 30)")
+    w.add_argument("--max-segment", type=float, default=None,
+                   help="the longest segment / subtitle cue in seconds (default: 10 for srt, vtt and all; "
+                        "else the window)")
+    w.add_argument("--vad", choices=("silero", "energy", "none"), default="silero",
                    help="speech detector that cuts long recordings (default silero)")
+    w.add_argument("--max-duration", type=float, default=None, help="refuse recordings longer than this (seconds)")
     o = p.add_argument_group("output")
     o.add_argument("--format", "-f", choices=FORMATS + ("all",), default=None,
                    help="output format; with -o, one file per input (all = every format)")
@@ -87,7 +100,13 @@ def main_transcribe(args: argparse.Namespace) -> int:
 
     fmt = "json" if args.json and not args.format else args.format
     opts = dict(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
-                temperature=args.temperature, window=args.window, vad=None if args.vad == "none" else args.vad)
+                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                window=args.window, max_segment=args.max_segment, vad=None if args.vad == "none" else args.vad,
+                max_duration=args.max_duration)
+    if args.no_loop_guard:
+        opts["loop_guard"] = None
+    if args.max_segment is None and fmt in ("srt", "vtt", "all"):  # subtitles: cue-sized segments
+        opts["max_segment"] = min(DEFAULT_CUE_S, args.window)
     _check_options(opts)  # before the model loads: a typo costs no time
     fmts = list(formats.FORMATS) if fmt == "all" else [fmt or "txt"]
     paths = _output_paths(args.files, args.output_dir, fmts)
