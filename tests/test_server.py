@@ -30,6 +30,8 @@ import pylfm  # noqa: E402
 from pylfm import formats  # noqa: E402
 from pylfm.server import create_app  # noqa: E402
 
+import serving  # noqa: E402
+
 RATE = 16000
 KEY = "test-key-123"
 MAX_NEW = 12  # generation limit the test servers run with (keeps the file fast)
@@ -61,48 +63,8 @@ def bursts():
 
 
 # ---------------------------------------------------------------------- a server in a thread
-class Serving:
-    """Runs ``app`` with uvicorn on a free loopback port in a background thread."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-    def client(self, key=KEY, **kw):
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)
-
-    def health(self, key=KEY):
-        return httpx.get(self.url + "/health", headers={"Authorization": f"Bearer {key}"}).json()
-
-    def wait_idle(self, timeout=15.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            q = self.health()["queue"]
-            if q["admitted"] == 0 and q["decoding"] == 0:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"requests still in flight: {self.health()}")
+class Serving(serving.Serving):
+    key = KEY
 
 
 # ---------------------------------------------------------------------- fixtures
