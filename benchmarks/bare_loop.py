@@ -23,10 +23,10 @@ What it does per run, mirroring pylfm's native core call for call:
 4. ``llama_memory_seq_rm`` to clear the sequence for the next run.
 
 The model and context are created with the same settings pylfm uses on CPU
-(n_gpu_layers 0, n_batch = n_ubatch = 512, unified KV, flash attention off, no
-op offload, no perf counters; mtmd on CPU without warm-up); ``--n-ctx`` and
-``--n-seq-max`` must match pylfm's (2048 x batch size, and the batch size) for a
-like-for-like comparison, which `perf_table.py` and ``--compare`` take care of.
+(n_gpu_layers 0, n_batch = n_ubatch = 512, one KV stream per sequence, flash attention
+off, no op offload, no perf counters; mtmd on CPU without warm-up); ``--n-ctx`` and
+``--n-seq-max`` must match pylfm's (its context per sequence x batch size, and the
+batch size) for a like-for-like comparison, which ``--compare`` takes care of.
 Without ``--compare`` only pure-Python helpers of pylfm are used (the test signal,
 audio decoding, the prompt text); pylfm's native module is not loaded.
 """
@@ -64,7 +64,7 @@ class BareASR:
     """llama.cpp + mtmd through ctypes, set up as pylfm's core sets itself up on CPU."""
 
     def __init__(self, model: str, mmproj: str, *, n_threads: int, n_ctx: int = 2048, n_batch: int = 512,
-                 n_seq_max: int = 1, verbose: bool = False) -> None:
+                 n_seq_max: int = 1, kv_unified: bool = False, verbose: bool = False) -> None:
         import llama_cpp.llama_cpp as ll
         import llama_cpp.mtmd_cpp as mt
 
@@ -82,7 +82,7 @@ class BareASR:
 
         cp = ll.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = n_ctx, n_batch, n_batch, n_seq_max
-        cp.kv_unified = True
+        cp.kv_unified = kv_unified  # pylfm: one KV stream per sequence
         cp.n_threads = cp.n_threads_batch = n_threads
         cp.no_perf = True
         cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -231,8 +231,8 @@ def compare(model: str, mmproj: str, pcm: np.ndarray, *, n_threads: int, repeat:
     """pylfm and the bare loop in one process, runs interleaved: pylfm's wrapper overhead.
 
     Both hold the same GGUFs with the same settings (pylfm ``Model(device="cpu",
-    batch_size=...)``; the bare context with n_ctx = 2048 x batch_size and that many
-    sequences). After ``warmup`` runs of each, ``repeat`` rounds each time one request
+    batch_size=...)``; the bare context with pylfm's context per sequence x batch_size
+    and that many sequences). After ``warmup`` runs of each, ``repeat`` rounds each time one request
     through both (alternating which goes first), so that a change in machine load hits
     both alike. pylfm's time is the wall time of ``Model.transcribe`` on the 16 kHz
     array (its audio checks, window split, prompt, engine call and result building);
@@ -248,7 +248,8 @@ def compare(model: str, mmproj: str, pcm: np.ndarray, *, n_threads: int, repeat:
 
     logging.getLogger("pylfm.llama").setLevel(logging.ERROR)  # llama.cpp's load-time chatter
     lfm = pylfm.Model(model, mmproj, device="cpu", n_threads=n_threads, batch_size=batch_size)
-    asr = BareASR(model, mmproj, n_threads=n_threads, n_ctx=2048 * batch_size, n_seq_max=batch_size)
+    # the same context as pylfm's engine: its context per sequence x its sequences, one KV stream each
+    asr = BareASR(model, mmproj, n_threads=n_threads, n_ctx=lfm._engine.n_ctx_seq * batch_size, n_seq_max=batch_size)
     try:
         prompt = build_prompt(system="Perform ASR.", user=None)
         n = fixed_tokens or max_new_tokens

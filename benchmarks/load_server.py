@@ -11,8 +11,18 @@ Or let it start one (a ``pylfm serve`` subprocess on a free loopback port):
     python benchmarks/load_server.py --model x.gguf --mmproj mmproj-x.gguf [--threads 4] [--max-new-tokens 64]
 
 Each level runs C client threads that each send ``--requests`` transcriptions one
-after another (after one warm-up request). Latency is per request, from sending the
-upload to the last byte of the answer (with ``--stream``, also the time to the first
+after another (after one warm-up request); with ``--total N`` every level sends the
+same N requests, split among its clients, so levels compare the same work served
+serialised (1 client) and concurrently. ``speedup`` is each level's requests/s over
+the first level's.
+
+The server measurement of the README (4 concurrent clients vs the same requests serialised, 30 s
+speech-like clips, 96 tokens forced per request):
+
+    python benchmarks/load_server.py --model lfm-full-Q8_0.gguf --mmproj mmproj-lfm-full-Q8_0.gguf \
+        --threads 2 --seconds 30 --fixed-tokens 96 --clients 1,4 --total 8
+
+Latency is per request, from sending the upload to the last byte of the answer (with ``--stream``, also the time to the first
 text delta). requests/s = completed requests / wall time of the level. "audio x" is
 seconds of audio transcribed per second of wall time. A request answered with anything
 but 200, or whose text differs from the first answer (the server decodes greedily, so
@@ -38,12 +48,12 @@ import numpy as np
 
 
 def make_audio(seconds: float, rate: int = 16000) -> bytes:
+    """pylfm.bench.synth_audio's speech-like signal as a WAV file."""
     import soundfile as sf
+    from pylfm.bench import synth_audio
 
-    t = np.arange(int(seconds * rate)) / rate
-    x = 0.3 * np.sin(2 * np.pi * (200 * t + 0.5 * (1600 / seconds) * t * t))
     buf = io.BytesIO()
-    sf.write(buf, x.astype(np.float32), rate, format="WAV", subtype="PCM_16")
+    sf.write(buf, synth_audio(seconds, rate), rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
 
 
@@ -167,6 +177,8 @@ def start_server(args: argparse.Namespace) -> "tuple[subprocess.Popen, str]":
         cmd += ["--threads", str(args.threads)]
     if args.api_key:
         cmd += ["--api-key", args.api_key]
+    if args.fixed_tokens:
+        cmd += ["--fixed-tokens", str(args.fixed_tokens)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=None if args.verbose else subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
@@ -203,12 +215,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     g.add_argument("--device", default=None, help="device for the started server (default auto)")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for the started server")
     g.add_argument("--max-new-tokens", type=int, default=128, help="generation limit of the started server")
+    g.add_argument("--fixed-tokens", type=int, default=None,
+                   help="the started server generates exactly this many tokens per window (pylfm serve --fixed-tokens)")
     g.add_argument("--start-timeout", type=float, default=300, help="seconds to wait for the started server")
     p.add_argument("--api-key", default=os.environ.get("PYLFM_API_KEY"), help="bearer key (default $PYLFM_API_KEY)")
     p.add_argument("--audio", help="audio file to send (default: a generated chirp of --seconds)")
     p.add_argument("--seconds", type=float, default=3.0, help="length of the generated chirp (default 3)")
     p.add_argument("--clients", default="1,4,8", help="concurrency levels, comma-separated (default 1,4,8)")
     p.add_argument("--requests", type=int, default=5, help="requests per client per level (default 5)")
+    p.add_argument("--total", type=int, default=None,
+                   help="requests per level, split among its clients (the same work at every level)")
     p.add_argument("--response-format", default="json", choices=["json", "text", "verbose_json", "srt", "vtt"])
     p.add_argument("--stream", action="store_true", help="stream (SSE) and report time to the first delta")
     p.add_argument("--timeout", type=float, default=600, help="per-request timeout in seconds")
@@ -238,8 +254,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             health = c.get(url + "/health", headers=target.headers).json()
         levels = []
         for n in args.clients:
-            level = run_level(target, n, args.requests, expected)
+            per_client = args.requests if args.total is None else -(-args.total // n)
+            level = run_level(target, n, per_client, expected)
             level["audio_x"] = round(level["requests_per_s"] * seconds, 2) if level["requests_per_s"] else None
+            if levels and levels[0]["requests_per_s"] and level["requests_per_s"]:
+                level["speedup"] = round(level["requests_per_s"] / levels[0]["requests_per_s"], 2)
             levels.append(level)
     finally:
         if proc is not None:
@@ -253,13 +272,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if all(l["failures"] == 0 for l in levels) else 1
     print(f"{url}  model {report['model']} on {report['device']}  audio {seconds:.2f} s  "
           f"format {args.response_format}{' (stream)' if args.stream else ''}  {args.requests} requests/client")
-    head = f"{'clients':>7} {'requests':>8} {'failed':>6} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'audio x':>8}"
+    head = f"{'clients':>7} {'requests':>8} {'failed':>6} {'req/s':>8} {'p50 ms':>9} {'p95 ms':>9} {'audio x':>8} {'speedup':>8}"
     if args.stream:
         head += f" {'ttft p50':>9}"
     print(head)
     for l in levels:
         row = (f"{l['clients']:>7} {l['requests']:>8} {l['failures']:>6} {l['requests_per_s']:>8.2f} "
-               f"{l['p50_ms']:>9.1f} {l['p95_ms']:>9.1f} {l['audio_x'] or 0:>8.2f}")
+               f"{l['p50_ms']:>9.1f} {l['p95_ms']:>9.1f} {l['audio_x'] or 0:>8.2f} {l.get('speedup', 1.0):>8.2f}")
         if args.stream:
             row += f" {l['ttft_p50_ms'] or float('nan'):>9.1f}"
         print(row)

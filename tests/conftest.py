@@ -67,6 +67,16 @@ def tiny_gguf_q8(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
     return _convert(tiny_checkpoint, tmp_path_factory, "q8_0")
 
 
+@pytest.fixture(scope="session")
+def looping_gguf(tmp_path_factory: pytest.TempPathFactory):
+    """ConvertResult (F32) of a tiny model that falls into repetition loops
+    (tools/make_looping_checkpoint.py)."""
+    from pylfm.converter import convert
+
+    ckpt = load_tool("make_looping_checkpoint").make_looping_checkpoint(tmp_path_factory.mktemp("loop") / "looping")
+    return convert(ckpt, outdir=tmp_path_factory.mktemp("gguf-loop"), outtype="f32", progress=False)
+
+
 # ---------------------------------------------------------------------- --device (GPU runs)
 # `pytest --device cuda` runs the suite on a GPU: every Model the tests load with
 # device="cpu" (or "auto") loads on that device instead, and tests marked `gpu` run.

@@ -18,22 +18,30 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Model": "pylfm.model",
-    "Transcription": "pylfm.model",
-    "TranscriptionInfo": "pylfm.model",
-    "Timings": "pylfm.model",
+    "Transcription": "pylfm.results",
+    "TranscriptionInfo": "pylfm.results",
+    "Timings": "pylfm.results",
     "transcribe": "pylfm.model",
     "system_info": "pylfm.model",
+    "TranscribeOptions": "pylfm.options",
+    "TranscriptionJob": "pylfm.job",
+    "LoopGuard": "pylfm.loop_guard",
     "Segment": "pylfm.formats",
     "load_audio": "pylfm.audio",
+    "VadOptions": "pylfm.vad",
+    "plan_windows": "pylfm.vad",
     "convert": "pylfm.converter",
     "quantize": "pylfm.quant",
     "inspect": "pylfm.gguf_info",
     "PylfmError": "pylfm.errors",
     "AudioError": "pylfm.errors",
+    "AudioTooLongError": "pylfm.errors",
     "ModelLoadError": "pylfm.errors",
     "ModelNotFoundError": "pylfm.errors",
     "DeviceError": "pylfm.errors",
     "ConversionError": "pylfm.errors",
+    "TranscriptionCancelled": "pylfm.errors",
+    "TranscriptionTimeout": "pylfm.errors",
 }
 _RENAMED = {"inspect": "inspect_gguf"}
 

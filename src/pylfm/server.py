@@ -10,93 +10,89 @@ Endpoints
 ---------
 ``POST /v1/audio/transcriptions`` (multipart/form-data), as OpenAI's API:
 
-- ``file`` (required): the recording, wav / flac / ogg / mp3 (whatever libsndfile
-  decodes). It is decoded in memory; nothing is written to disk.
+- ``file`` (required): the recording, in any format pylfm reads. It is decoded in
+  memory; nothing is written to disk.
 - ``model``: any name is accepted (the server has one model; ``GET /v1/models`` names it).
 - ``response_format``: ``json`` (default, ``{"text": ...}``), ``text``, ``srt``, ``vtt``
   or ``verbose_json`` (``task``, ``language`` = ``"unknown"``, ``duration``, ``text``,
-  ``segments`` with ``id``/``seek``/``start``/``end``/``text``/``temperature``).
+  ``segments`` with ``id``/``seek``/``start``/``end``/``text``/``temperature`` and
+  pylfm's ``stop_reason``/``avg_logprob``/``compression_ratio``). Subtitle formats and
+  verbose_json are decoded in cue-sized windows (``--max-cue``, 10 s).
 - ``stream``: ``true`` answers with server-sent events as OpenAI does:
   ``{"type": "transcript.text.delta", "delta": ...}`` per decoded piece, then
-  ``{"type": "transcript.text.done", "text": ...}`` (the deltas joined). Only with
-  ``json`` / ``text``; an error after the stream started is sent as an event
-  ``{"type": "error", "error": {...}}``. For a long-form recording the windows' text is
-  streamed as decoded, joined by a space, so it can differ from the ``json`` text in
-  whitespace.
-- ``temperature``: 0 (default) is greedy decoding and deterministic; above 0 samples
-  (Whisper's "0 = automatic fallback" does not exist here).
+  ``{"type": "transcript.text.done", "text": ...}`` (the deltas joined; the same text as
+  the ``json`` answer). Only with ``json`` / ``text``; an error after the stream started
+  is sent as an event ``{"type": "error", "error": {...}}``.
+- ``temperature``: 0 (default) is greedy decoding and deterministic; above 0 samples.
 - ``prompt``: given to LFM2-Audio as user text after the audio, i.e. as an instruction
-  ("Transcribe and translate to French."), not Whisper's style/vocabulary hint.
+  ("Transcribe and translate to French."), not Whisper's style/vocabulary hint. It is
+  plain text (special-token strings in it are not parsed) and at most
+  ``--max-prompt-tokens`` (1024) tokens long.
 - Accepted and ignored, because the model cannot honour them: ``language`` (LFM2-Audio
   has no language switch; ``language`` in verbose_json is ``"unknown"``),
-  ``timestamp_granularities[]`` (segments are the long-form windows; there are no word
+  ``timestamp_granularities[]`` (segments follow speech regions; there are no word
   timestamps), ``include[]`` (no logprobs), ``chunking_strategy`` and any other field.
 
-Recordings longer than the server's ``--window`` (30 s) take the long-form path: they
-are cut at pauses and each window becomes one segment with its time span.
+``GET /v1/models`` lists the one model; ``GET /health`` (no key needed) reports status
+and the queue.
 
-``GET /v1/models`` lists the one model; ``GET /health`` reports status and the queue.
+Concurrency
+-----------
+All requests share the one loaded `pylfm.Model` and go through its scheduler: windows
+of concurrent requests decode together in the engine's sequence slots (continuous
+batching, first come first served). Blocking work (audio decoding, waiting for a
+result) runs in a thread pool, never on the event loop.
 
-Concurrency and cancellation
-----------------------------
-All requests share the one loaded `pylfm.Model`. Blocking work (audio decoding,
-inference) runs in a thread pool, never on the event loop. Inference is serialised
-by a first-come-first-served gate (the engine runs one request at a time anyway), so
-a request waiting for its turn holds no engine resources.
+``--queue N`` bounds the requests admitted at once (being uploaded, decoded, waiting or
+running); the next one is answered ``503`` with ``Retry-After`` at once, before its body
+is read. Each admitted request holds at most its upload (``--max-upload-mib``) and its
+decoded audio (``--max-audio-s`` x 64 KiB/s of float32 at 16 kHz, plus a transient copy
+at the file's own rate while it is resampled), so the server's peak memory beyond the
+model is at most about ``N x (upload + 3 x max_audio_s x 64 KiB)``: 16 x (25 MiB + 3 x
+3600 x 64 KiB) = 11 GiB with the defaults; lower ``--max-audio-s`` or ``--queue`` on
+small machines.
 
-The HTTP side (uploads, audio decoding, JSON) needs CPU too, so ``pylfm serve`` gives
-the engine one thread fewer than the available cores unless ``--threads`` says
-otherwise: llama.cpp's spinning worker threads slow down sharply (seconds per
-request) when they have to share their cores.
-
-``--queue N`` bounds the requests admitted at once (being uploaded, waiting or
-decoding). The next one is answered ``503`` with ``Retry-After`` at once, before its
-body is read; with ``--max-upload-mb`` this also bounds the memory uploads can take
-(N x limit).
-
-A client that disconnects:
-- while waiting for its turn: the request is dropped and never reaches the engine;
-- while streaming, or during a non-streaming request of one window: decoding stops
-  at the next token (the server closes the generator from
-  ``Model.transcribe(stream=True)``, which cancels the engine's sequence);
-- during a non-streaming long-form request (several windows, decoded batch by batch
-  through ``Model.transcribe_segments``): the batch of windows being decoded finishes,
-  the rest are never decoded, and the result is discarded.
-Its queue slot is freed when the engine lets go of the request.
+A client that disconnects stops its work: before decoding, its request is dropped;
+while it runs, its windows stop at the engine's next step and their slots go to other
+requests.
 
 Safety
 ------
 The server listens on 127.0.0.1 unless ``--host`` says otherwise. With ``--api-key``
-every request needs ``Authorization: Bearer KEY`` (else 401). Uploads larger than
-``--max-upload-mb`` get 413: a declared ``Content-Length`` is checked before reading,
-and the limit is enforced while reading, so an unbounded body is never held in memory.
-Input that is not decodable audio gets 400 with the decoder's message. Errors use
-OpenAI's body: ``{"error": {"message", "type", "param", "code"}}``.
+every request but ``/health`` needs ``Authorization: Bearer KEY`` (scheme in any case;
+else 401). Uploads larger than ``--max-upload-mib`` get 413 (a declared Content-Length
+is checked before reading, and the limit is enforced while reading); audio longer than
+``--max-audio-s`` gets 413 (from the container header before decoding where it says
+the length). Input that is not decodable audio gets 400 with the decoder's message.
+Every 5xx is logged with its request id and the exception. Errors use OpenAI's body:
+``{"error": {"message", "type", "param", "code"}}``; each response carries
+``X-Request-ID``.
 
 FastAPI and uvicorn are the ``server`` extra (``pip install "pylfm[server]"``); they are
 imported only when the server is built, so importing this module is cheap.
 """
 
 import argparse
-import collections
 import hmac
 import json
 import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+import uuid
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-if TYPE_CHECKING:  # asyncio and concurrent.futures are imported when the server is built
+if TYPE_CHECKING:  # asyncio is imported when the server is built
     import asyncio
-    from concurrent.futures import Future
 
 log = logging.getLogger("pylfm.server")
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 STREAM_FORMATS = ("json", "text")
+CUE_FORMATS = ("srt", "vtt", "verbose_json")  # decoded in cue-sized windows
 DEFAULT_MODEL_NAME = "lfm2-audio"
+DEFAULT_MAX_AUDIO_S = 3600.0
+DEFAULT_MAX_PROMPT_TOKENS = 1024
 _MIB = 1024 * 1024
 _MAX_FIELD_BYTES = 64 * 1024  # a non-file form field (prompt, model, ...)
 _FORM_OVERHEAD = _MIB  # multipart headers and the other fields, on top of the file limit
@@ -123,9 +119,9 @@ def error_body(message: str, type: str = "invalid_request_error", code: Optional
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-# ---------------------------------------------------------------------- concurrency primitives
+# ---------------------------------------------------------------------- the service
 class _Slots:
-    """Admission control: at most ``capacity`` requests in flight + waiting."""
+    """Admission control: at most ``capacity`` requests admitted at once."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -148,200 +144,84 @@ class _Slots:
         return self._n
 
 
-class _FifoGate:
-    """A lock handed to waiters in arrival order; a waiter can give up when its
-    ``cancel`` event is set (its client went away) without ever holding it."""
-
-    def __init__(self) -> None:
-        self._mu = threading.Lock()
-        self._busy = False
-        self._waiters: "collections.deque[threading.Event]" = collections.deque()
-
-    def acquire(self, cancel: threading.Event, poll: float = 0.05) -> bool:
-        if cancel.is_set():
-            return False
-        with self._mu:
-            if not self._busy and not self._waiters:
-                self._busy = True
-                return True
-            turn = threading.Event()
-            self._waiters.append(turn)
-        while not turn.wait(poll):
-            if cancel.is_set():
-                with self._mu:
-                    if not turn.is_set():  # still queued: leave the line
-                        self._waiters.remove(turn)
-                        return False
-                break  # handed the gate in the meantime: pass it on below
-        if cancel.is_set():
-            self.release()
-            return False
-        return True
-
-    def release(self) -> None:
-        with self._mu:
-            if self._waiters:
-                self._waiters.popleft().set()  # the gate passes straight to the next waiter
-            else:
-                self._busy = False
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
-
-
-@dataclass(eq=False)  # hashed by identity
-class _Job:
-    pcm: Any  # float32 mono at the model's rate
-    duration: float
-    options: Dict[str, Any]
-    cancel: threading.Event = field(default_factory=threading.Event)
-
-
-@dataclass
-class _Result:
-    text: str
-    segments: List[Any]
-    duration: float
-
-
-# ---------------------------------------------------------------------- the service
 class _Service:
-    """What the routes share: the model, the worker threads, admission and the gate."""
+    """What the routes share: the model, the worker threads, admission, settings."""
 
-    def __init__(self, model: Any, *, api_key: Optional[str], max_upload_mb: float, queue_size: int,
-                 model_name: str, max_new_tokens: int, window: float) -> None:
-        if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
-        if max_upload_mb <= 0:
-            raise ValueError(f"max_upload_mb must be > 0, got {max_upload_mb}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if window <= 0:
-            raise ValueError(f"window must be > 0 seconds, got {window}")
-        self.model = model
-        self.api_key = api_key or None
-        self.max_upload_bytes = int(max_upload_mb * _MIB)
-        self.model_name = model_name
-        self.max_new_tokens = int(max_new_tokens)
-        self.window = float(window)
-        self.sample_rate = int(getattr(model, "sample_rate", 16000))
-        self.slots = _Slots(queue_size)
-        self.gate = _FifoGate()
-        # One thread per admitted request is enough: a request uses one at a time.
+    def __init__(self, model: Any, *, api_key: Optional[str], max_upload_mib: float, queue_size: int,
+                 model_name: str, max_new_tokens: int, window: float, max_cue: float, max_audio_s: float,
+                 max_prompt_tokens: int, vad: Optional[str], fixed_tokens: Optional[int] = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
+        from .options import TranscribeOptions
+
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if not max_upload_mib > 0:
+            raise ValueError(f"max_upload_mib must be > 0, got {max_upload_mib}")
+        if not max_audio_s > 0:
+            raise ValueError(f"max_audio_s must be > 0, got {max_audio_s}")
+        if max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        # Validated once here, so a bad setting fails at start-up rather than per request.
+        self.options = TranscribeOptions(max_new_tokens=max_new_tokens, window=window, vad=vad, max_duration=max_audio_s)
+        if fixed_tokens is not None:  # benchmarks: the same work for every request
+            self.options = TranscribeOptions(max_new_tokens=fixed_tokens, ignore_eos=True, loop_guard=None, window=window,
+                                             vad=vad, max_duration=max_audio_s)
+        TranscribeOptions(window=window, max_segment=min(max_cue, window))
+        self.model = model
+        self.api_key = api_key or None
+        self.max_upload_bytes = int(max_upload_mib * _MIB)
+        self.model_name = model_name
+        self.max_cue = min(float(max_cue), float(window))
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        self.sample_rate = int(model.sample_rate)
+        self.slots = _Slots(queue_size)
+        # One thread per admitted request is enough: a request uses one at a time.
         self.executor = ThreadPoolExecutor(max_workers=queue_size, thread_name_prefix="pylfm-serve")
         self.created = int(time.time())
-        self.jobs: "set[_Job]" = set()
+        self.jobs: "set[Any]" = set()
         self._stats_lock = threading.Lock()
-        self._mean_s = 1.0  # moving average of a request's engine time, for Retry-After
+        self._mean_s = 1.0  # moving average of a request's time in the engine, for Retry-After
         self.served = 0
 
-    # -- blocking parts, run in the worker threads
+    def options_for(self, fields: Dict[str, str], fmt: str) -> Dict[str, Any]:
+        """The TranscribeOptions of one request."""
+        from dataclasses import asdict
+
+        options = asdict(self.options)
+        options["loop_guard"] = self.options.loop_guard  # asdict would turn it into a dict
+        options["temperature"] = _temperature(fields.get("temperature"))
+        prompt = fields.get("prompt") or None
+        if prompt is not None and self.model.count_tokens(prompt) > self.max_prompt_tokens:
+            raise APIError(400, f"the prompt is {self.model.count_tokens(prompt)} tokens long; this server takes at "
+                                f"most {self.max_prompt_tokens} (pylfm serve --max-prompt-tokens)", param="prompt",
+                           code="prompt_too_long")
+        options["prompt"] = prompt
+        if fmt in CUE_FORMATS:
+            options["max_segment"] = self.max_cue
+        return options
+
     def decode_audio(self, data: bytes):
         from .audio import load_audio
 
-        return load_audio(data, target_rate=self.sample_rate)
+        return load_audio(data, target_rate=self.sample_rate, max_duration=self.options.max_duration)
 
-    def _transcribe_kwargs(self, job: _Job) -> Dict[str, Any]:
-        return dict(sample_rate=self.sample_rate, window=self.window, max_new_tokens=self.max_new_tokens,
-                    **job.options)
-
-    def run(self, job: _Job) -> Optional[_Result]:
-        """Transcribes ``job`` as `Model.transcribe` would; None when its client went
-        away first. Decoding stops early when ``job.cancel`` is set: between tokens for
-        a single window, between batches of windows for the long form."""
-        if not self.gate.acquire(job.cancel):
-            return None
-        t0 = time.monotonic()
-        try:
-            kwargs = self._transcribe_kwargs(job)
-            if len(job.pcm) > self.window * self.sample_rate:
-                segments_iter, info = self.model.transcribe_segments(job.pcm, **kwargs)
-                if info.n_windows > 1:
-                    # Several windows: Model.transcribe's text is the segments joined by spaces.
-                    segments = []
-                    try:
-                        for seg in segments_iter:
-                            segments.append(seg)
-                            if job.cancel.is_set():
-                                return None
-                    finally:
-                        segments_iter.close()
-                    return _Result(" ".join(s.text for s in segments), segments, job.duration)
-                segments_iter.close()  # not started: nothing was decoded
-            return self._run_one_window(job, kwargs)
-        finally:
-            self.gate.release()
-            self._record(time.monotonic() - t0)
-
-    def _run_one_window(self, job: _Job, kwargs: Dict[str, Any]) -> Optional[_Result]:
-        """At most one window: decoded through the streaming iterator, which can be
-        cancelled between tokens; its pieces join to Model.transcribe's text."""
-        from .formats import Segment
-
-        pieces = []
-        it = self.model.transcribe(job.pcm, stream=True, **kwargs)
-        try:
-            for piece in it:
-                pieces.append(piece)
-                if job.cancel.is_set():
-                    return None
-        finally:
-            it.close()
-        text = "".join(pieces)
-        segments = [Segment(0, 0.0, job.duration, text.strip())] if text.strip() else []
-        return _Result(text, segments, job.duration)
-
-    def run_stream(self, job: _Job, emit: Callable[[str], None]) -> None:
-        """Streams ``job``'s pieces to ``emit``; stops (and cancels decoding) when
-        ``job.cancel`` is set."""
-        if not self.gate.acquire(job.cancel):
-            return
-        t0 = time.monotonic()
-        try:
-            it = self.model.transcribe(job.pcm, stream=True, **self._transcribe_kwargs(job))
-            try:
-                for piece in it:
-                    if job.cancel.is_set():
-                        break
-                    emit(piece)
-            finally:
-                it.close()  # cancels the engine's sequence if it is still decoding
-        finally:
-            self.gate.release()
-            self._record(time.monotonic() - t0)
-
-    def _record(self, seconds: float) -> None:
+    def record(self, seconds: float) -> None:
         with self._stats_lock:
             self._mean_s = 0.8 * self._mean_s + 0.2 * seconds
             self.served += 1
 
     def retry_after(self) -> int:
-        """Seconds until a slot is likely free: the queue ahead times the usual request."""
+        """Seconds until a place is likely free: the requests ahead over the engine's
+        parallel slots, times the usual request."""
         with self._stats_lock:
             mean = self._mean_s
-        return max(1, min(60, math.ceil(mean * max(1, self.gate.waiting + 1))))
-
-    def submit(self, fn: Callable[..., Any], *args: Any, job: Optional[_Job] = None) -> "Future":
-        """Runs ``fn`` on a worker thread; the request's slot is released when it ends
-        (or is cancelled before it started)."""
-        fut = self.executor.submit(fn, *args)
-        if job is not None:
-            self.jobs.add(job)
-
-        def done(_f: "Future") -> None:
-            if job is not None:
-                self.jobs.discard(job)
-            self.slots.release()
-
-        fut.add_done_callback(done)
-        return fut
+        slots = max(1, getattr(self.model, "batch_size", 1))
+        return max(1, min(60, math.ceil(mean * self.slots.in_use / slots)))
 
     def shutdown(self) -> None:
         for job in list(self.jobs):
-            job.cancel.set()
+            job.cancel()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -361,7 +241,7 @@ async def _read_form(request: Any, max_file_bytes: int) -> Tuple[Dict[str, str],
         raise APIError(400, "send the request as multipart/form-data with the recording in a 'file' field")
     max_total = max_file_bytes + _FORM_OVERHEAD
     too_large = APIError(413, f"the upload is larger than this server's limit of {_mb(max_file_bytes)} "
-                              "(pylfm serve --max-upload-mb)", code="file_too_large", param="file")
+                              "(pylfm serve --max-upload-mib)", code="file_too_large", param="file")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_total:
         raise too_large  # refused before reading anything
@@ -446,7 +326,7 @@ async def _read_form(request: Any, max_file_bytes: int) -> Tuple[Dict[str, str],
 
 
 def _mb(n: int) -> str:
-    return f"{n / _MIB:g} MB"
+    return f"{n / _MIB:g} MiB"
 
 
 def _flag(value: Optional[str], name: str) -> bool:
@@ -467,20 +347,24 @@ def _temperature(value: Optional[str]) -> float:
         t = float(value)
     except ValueError:
         raise APIError(400, f"temperature must be a number, got {value!r}", param="temperature") from None
-    if not (0.0 <= t <= 2.0) or math.isnan(t):
+    if not math.isfinite(t):
+        raise APIError(400, f"temperature must be a finite number between 0 and 2, got {value}", param="temperature")
+    if not 0.0 <= t <= 2.0:
         raise APIError(400, f"temperature must be between 0 and 2, got {value}", param="temperature")
     return t
 
 
 # ---------------------------------------------------------------------- responses
-def _verbose(result: _Result, temperature: float) -> Dict[str, Any]:
+def _verbose(result: Any) -> Dict[str, Any]:
     return {
         "task": "transcribe",
         "language": "unknown",
         "duration": round(result.duration, 3),
         "text": result.text,
         "segments": [{"id": s.id, "seek": int(round(s.start * 100)), "start": round(s.start, 3),
-                      "end": round(s.end, 3), "text": s.text, "temperature": temperature}
+                      "end": round(s.end, 3), "text": s.text, "temperature": s.temperature,
+                      "avg_logprob": s.avg_logprob, "compression_ratio": s.compression_ratio,
+                      "stop_reason": s.stop_reason}
                      for s in result.segments],
         "usage": {"type": "duration", "seconds": round(result.duration, 3)},
     }
@@ -490,7 +374,8 @@ def _verbose(result: _Result, temperature: float) -> Dict[str, Any]:
 # cannot infer it).
 _OPENAPI_TRANSCRIPTIONS = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary", "description": "wav, flac, ogg or mp3"},
+        "file": {"type": "string", "format": "binary",
+                 "description": "any audio or video file (wav, flac, mp3, m4a, ogg/opus, webm, mp4, ...)"},
         "model": {"type": "string", "description": "any name; the server has one model"},
         "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
         "stream": {"type": "boolean", "default": False, "description": "server-sent events (json/text only)"},
@@ -507,20 +392,22 @@ def _sse(event: Dict[str, Any]) -> bytes:
 
 
 class _AuthMiddleware:
-    """Pure ASGI middleware: every HTTP request needs ``Authorization: Bearer KEY``."""
+    """Pure ASGI middleware: every HTTP request but ``/health`` needs
+    ``Authorization: Bearer KEY`` (the scheme in any case, as RFC 7235 says)."""
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app = app
-        self.expected = ("Bearer " + api_key).encode("utf-8")
+        self.expected = api_key.encode("utf-8")
 
     async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope.get("path") != "/health":
             got = b""
             for k, v in scope.get("headers", []):
                 if k == b"authorization":
-                    got = v
+                    got = v.strip()
                     break
-            if not hmac.compare_digest(got.strip(), self.expected):
+            scheme, _, key = got.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.expected):
                 message = ("missing API key: send 'Authorization: Bearer KEY'" if not got else "invalid API key")
                 body = json.dumps(error_body(message, "invalid_request_error", "invalid_api_key")).encode()
                 await send({"type": "http.response.start", "status": 401,
@@ -532,21 +419,56 @@ class _AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+class _RequestIdMiddleware:
+    """Pure ASGI middleware: every request gets an id (the client's ``X-Request-ID`` if it
+    is sane, else a new one), kept in ``request.state.request_id`` for the logs and sent
+    back in the ``X-Request-ID`` header."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for k, v in scope.get("headers", []):
+            if k == b"x-request-id":
+                rid = v.decode("latin-1").strip()
+        if not (0 < len(rid) <= 64 and all(c.isalnum() or c in "-_.:" for c in rid)):
+            rid = uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+
+        async def send_with_id(message: Dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": list(message.get("headers", [])) + [(b"x-request-id", rid.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 # ---------------------------------------------------------------------- the app
-def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: float = 25, queue_size: int = 16,
-               model_name: str = DEFAULT_MODEL_NAME, max_new_tokens: int = 512, window: float = 30.0):
+def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: float = 25, queue_size: int = 16,
+               model_name: str = DEFAULT_MODEL_NAME, max_new_tokens: int = 512, window: float = 30.0,
+               max_cue: float = 10.0, max_audio_s: float = DEFAULT_MAX_AUDIO_S,
+               max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, vad: Optional[str] = "silero",
+               fixed_tokens: Optional[int] = None):
     """The FastAPI app serving ``model`` (a `pylfm.Model`, shared by all requests).
 
     Args:
-        api_key: when set, every request needs ``Authorization: Bearer <api_key>``.
-        max_upload_mb: the largest accepted upload (413 above it).
-        queue_size: requests admitted at once (decoding + waiting); more get 503.
+        api_key: when set, every request but /health needs ``Authorization: Bearer <api_key>``.
+        max_upload_mib: the largest accepted upload in MiB (413 above it).
+        queue_size: requests admitted at once (uploading, decoding, waiting, running); more get 503.
         model_name: the id ``GET /v1/models`` reports.
         max_new_tokens: generation limit per window.
-        window: recordings longer than this (seconds) are transcribed in windows.
+        window: the most audio decoded at once (seconds); longer recordings are cut at pauses.
+        max_cue: window limit for srt / vtt / verbose_json answers (subtitle cues).
+        max_audio_s: the longest accepted recording (413 above it).
+        max_prompt_tokens: the longest accepted ``prompt`` (400 above it).
+        vad: the speech detector for long recordings ("silero", "energy" or None).
+        fixed_tokens: for benchmarks: every window generates exactly this many tokens.
     """
     import asyncio
-    from concurrent.futures import Future
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -555,11 +477,12 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: floa
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from . import __version__
-    from .errors import AudioError, PylfmError
+    from .errors import AudioError, AudioTooLongError, PylfmError, TranscriptionCancelled
     from .formats import to_srt, to_vtt
 
-    svc = _Service(model, api_key=api_key, max_upload_mb=max_upload_mb, queue_size=queue_size,
-                   model_name=model_name, max_new_tokens=max_new_tokens, window=window)
+    svc = _Service(model, api_key=api_key, max_upload_mib=max_upload_mib, queue_size=queue_size,
+                   model_name=model_name, max_new_tokens=max_new_tokens, window=window, max_cue=max_cue,
+                   max_audio_s=max_audio_s, max_prompt_tokens=max_prompt_tokens, vad=vad, fixed_tokens=fixed_tokens)
 
     @asynccontextmanager
     async def lifespan(_app: Any):
@@ -571,12 +494,21 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: floa
     app.state.pylfm = svc
     if svc.api_key:
         app.add_middleware(_AuthMiddleware, api_key=svc.api_key)
+    app.add_middleware(_RequestIdMiddleware)  # outermost: 401s get an id too
+
+    def rid_of(request: Any) -> str:
+        return getattr(request.state, "request_id", "-")
 
     @app.exception_handler(APIError)
-    async def _api_error(_request: Request, exc: APIError):
+    async def _api_error(request: Request, exc: APIError):
         headers = dict(exc.headers)
         if exc.status == 413:
             headers["Connection"] = "close"
+        if exc.status >= 500:
+            cause = exc.__cause__
+            log.log(logging.ERROR if cause is not None else logging.WARNING, "request %s answered %d: %s",
+                    rid_of(request), exc.status, exc.message,
+                    exc_info=(type(cause), cause, cause.__traceback__) if cause is not None else None)
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -588,12 +520,17 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: floa
     async def _validation_error(_request: Request, exc: RequestValidationError):
         return JSONResponse(error_body(str(exc.errors()), "invalid_request_error"), status_code=400)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.error("request %s answered 500", rid_of(request), exc_info=(type(exc), exc, exc.__traceback__))
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+
     @app.get("/health")
     async def health() -> Dict[str, Any]:
         return {"status": "ok", "version": __version__, "model": svc.model_name,
                 "device": getattr(model, "device", None),
-                "queue": {"in_flight": svc.slots.in_use, "waiting": svc.gate.waiting,
-                          "capacity": svc.slots.capacity},
+                "queue": {"admitted": svc.slots.in_use, "capacity": svc.slots.capacity,
+                          "decoding": model.scheduler.busy, "slots": model.batch_size},
                 "served": svc.served}
 
     def model_card() -> Dict[str, Any]:
@@ -614,10 +551,10 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: floa
               summary="Transcribe audio (OpenAI-compatible)")
     async def transcriptions(request: Request):
         if not svc.slots.try_acquire():
-            raise APIError(503, f"the server is busy ({svc.slots.capacity} requests queued); retry later",
-                           type="server_error", code="server_busy",
-                           headers={"Retry-After": str(svc.retry_after())})
-        handed_off = False
+            raise APIError(503, f"the server is busy ({svc.slots.capacity} requests admitted); retry later",
+                           type="server_error", code="server_busy", headers={"Retry-After": str(svc.retry_after())})
+        handed_off = False  # a streaming answer releases its slot when its stream ends
+        watcher = None
         try:
             fields, (filename, data) = await _read_form(request, svc.max_upload_bytes)
             fmt = (fields.get("response_format") or "json").strip()
@@ -628,47 +565,55 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: floa
             if stream and fmt not in STREAM_FORMATS:
                 raise APIError(400, f"stream=true works with response_format json or text, not {fmt!r}",
                                param="stream")
-            temperature = _temperature(fields.get("temperature"))
-            prompt = fields.get("prompt") or None
+            options = svc.options_for(fields, fmt)
             loop = asyncio.get_running_loop()
+            client = _Client()
+            watcher = _watch_disconnect(request, client, loop)
             try:
                 pcm = await loop.run_in_executor(svc.executor, svc.decode_audio, data)
+            except AudioTooLongError as e:
+                length = f"{e.duration:.1f} s long" if e.duration is not None else "longer than that"
+                raise APIError(413, f"{filename or 'the upload'} is {length}; this server accepts at most "
+                                    f"{svc.options.max_duration:g} s (pylfm serve --max-audio-s)", param="file",
+                               code="audio_too_long") from None
             except (AudioError, ValueError, TypeError) as e:
                 raise APIError(400, f"{filename or 'the upload'} is not usable audio: {e}", param="file",
                                code="invalid_audio") from None
             del data
-            job = _Job(pcm=pcm, duration=len(pcm) / svc.sample_rate,
-                       options=dict(temperature=temperature, prompt=prompt))
+            if client.gone.is_set():
+                return Response(status_code=499)  # nobody is listening
+            job = model.submit(pcm, sample_rate=svc.sample_rate, stream=stream, **options)
+            client.attach(job)
             if stream:
-                response = _start_stream(svc, job, request, fmt)
-            else:
-                fut = svc.submit(svc.run, job, job=job)
+                response = _stream(job, request, watcher)
                 handed_off = True
-                watcher = _watch_disconnect(request, job, fut, loop)
-                try:
-                    result = await asyncio.wrap_future(fut)
-                except asyncio.CancelledError:
-                    job.cancel.set()
-                    raise
-                finally:
-                    watcher.cancel()
-                if result is None:  # the client is gone; nobody reads this
-                    return Response(status_code=499)
-                response = _render(result, fmt, temperature)
-            handed_off = True
-            return response
+                return response
+            t0 = time.monotonic()
+            svc.jobs.add(job)
+            try:
+                result = await loop.run_in_executor(svc.executor, job.result)
+            except TranscriptionCancelled:
+                return Response(status_code=499)
+            except asyncio.CancelledError:
+                job.cancel()
+                raise
+            finally:
+                svc.jobs.discard(job)
+                svc.record(time.monotonic() - t0)
+            return _render(result, fmt)
         except APIError:
             raise
+        except PylfmError as e:
+            raise APIError(500, f"transcription failed: {e}", type="server_error") from e
         except Exception as e:
-            if isinstance(e, PylfmError):
-                raise APIError(500, f"transcription failed: {e}", type="server_error") from None
-            log.exception("transcription request failed")
-            raise APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error") from None
+            raise APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error") from e
         finally:
             if not handed_off:
                 svc.slots.release()
+                if watcher is not None:
+                    watcher.cancel()
 
-    def _render(result: _Result, fmt: str, temperature: float):
+    def _render(result: Any, fmt: str):
         if fmt == "text":
             return PlainTextResponse(result.text)
         if fmt == "srt":
@@ -676,31 +621,40 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: floa
         if fmt == "vtt":
             return PlainTextResponse(to_vtt(result.segments), media_type="text/vtt")
         if fmt == "verbose_json":
-            return JSONResponse(_verbose(result, temperature))
-        return JSONResponse({"text": result.text,
-                             "usage": {"type": "duration", "seconds": round(result.duration, 3)}})
+            return JSONResponse(_verbose(result))
+        return JSONResponse({"text": result.text, "usage": {"type": "duration", "seconds": round(result.duration, 3)}})
 
-    def _start_stream(svc: _Service, job: _Job, request: Any, fmt: str):
+    def _stream(job: Any, request: Any, watcher: "asyncio.Task"):
+        """Server-sent events of ``job``'s pieces; its slot is released when the stream ends."""
         loop = asyncio.get_running_loop()
         queue: "asyncio.Queue[Tuple[str, Any]]" = asyncio.Queue()
+        t0 = time.monotonic()
 
         def put(item: Tuple[str, Any]) -> None:
             try:
                 loop.call_soon_threadsafe(queue.put_nowait, item)
             except RuntimeError:  # the loop is closed: the server is shutting down
-                job.cancel.set()
+                job.cancel()
 
-        def finished(f: "Future") -> None:
-            if f.cancelled():
+        def pump() -> None:
+            try:
+                for piece in job.pieces():
+                    put(("delta", piece))
                 put(("end", None))
-            elif f.exception() is not None:
-                put(("error", f.exception()))
-            else:
+            except TranscriptionCancelled:
                 put(("end", None))
+            except Exception as e:
+                log.error("request %s: streamed transcription failed", rid_of(request),
+                          exc_info=(type(e), e, e.__traceback__))
+                put(("error", e))
 
-        fut = svc.submit(svc.run_stream, job, lambda piece: put(("delta", piece)), job=job)
-        fut.add_done_callback(finished)
-        watcher = _watch_disconnect(request, job, fut, loop)  # also covers a client gone before the first byte
+        def finished(_f: Any) -> None:
+            svc.jobs.discard(job)
+            svc.record(time.monotonic() - t0)
+            svc.slots.release()
+
+        svc.jobs.add(job)
+        svc.executor.submit(pump).add_done_callback(finished)
 
         async def events():
             parts: List[str] = []
@@ -711,15 +665,14 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: floa
                         parts.append(value)
                         yield _sse({"type": "transcript.text.delta", "delta": value})
                     elif kind == "error":
-                        msg = f"transcription failed: {value}"
-                        yield _sse({"type": "error", **error_body(msg, "server_error")})
+                        yield _sse({"type": "error", **error_body(f"transcription failed: {value}", "server_error")})
                         return
                     else:
-                        if not job.cancel.is_set():
+                        if not job.cancelled:
                             yield _sse({"type": "transcript.text.done", "text": "".join(parts)})
                         return
             finally:
-                job.cancel.set()  # a no-op when done; otherwise the client left: stop decoding
+                job.cancel()  # a no-op when done; otherwise the client left: stop decoding
                 watcher.cancel()
 
         return StreamingResponse(events(), media_type="text/event-stream",
@@ -728,28 +681,40 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mb: floa
     return app
 
 
-def _watch_disconnect(request: Any, job: _Job, fut: "Future", loop: "asyncio.AbstractEventLoop") -> "asyncio.Task":
-    """A task that sets ``job.cancel`` when the client disconnects. Only call it once
+class _Client:
+    """Whether a request's client is still there, and the job to stop when it leaves."""
+
+    def __init__(self) -> None:
+        self.gone = threading.Event()
+        self._job: Any = None
+        self._lock = threading.Lock()
+
+    def attach(self, job: Any) -> None:
+        with self._lock:
+            self._job = job
+        if self.gone.is_set():
+            job.cancel()
+
+    def leave(self) -> None:
+        self.gone.set()
+        with self._lock:
+            job = self._job
+        if job is not None:
+            job.cancel()  # its windows stop at the engine's next step
+
+
+def _watch_disconnect(request: Any, client: _Client, loop: "asyncio.AbstractEventLoop") -> "asyncio.Task":
+    """A task that marks ``client`` gone when the client disconnects. Only start it once
     the request body has been read (it consumes the ASGI receive channel)."""
 
     async def watch() -> None:
-        while not fut.done():
+        while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                if not fut.done():
-                    job.cancel.set()
+                client.leave()
                 return
 
-    task = loop.create_task(watch())
-
-    def stop(_f: "Future") -> None:
-        try:
-            loop.call_soon_threadsafe(task.cancel)
-        except RuntimeError:  # loop closed
-            pass
-
-    fut.add_done_callback(stop)
-    return task
+    return loop.create_task(watch())
 
 
 # ---------------------------------------------------------------------- CLI
@@ -765,16 +730,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
     g.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     g.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' on every request (default: $PYLFM_API_KEY, else none)")
-    g.add_argument("--max-upload-mb", type=float, default=25, help="largest accepted upload in MB (default 25)")
+                   help="require 'Authorization: Bearer KEY' on every request but /health "
+                        "(default: $PYLFM_API_KEY, else none)")
+    g.add_argument("--max-upload-mib", "--max-upload-mb", dest="max_upload_mib", type=float, default=25,
+                   help="largest accepted upload in MiB (default 25)")
+    g.add_argument("--max-audio-s", type=float, default=DEFAULT_MAX_AUDIO_S,
+                   help=f"longest accepted recording in seconds (default {DEFAULT_MAX_AUDIO_S:g})")
+    g.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
+                   help=f"longest accepted prompt in tokens (default {DEFAULT_MAX_PROMPT_TOKENS})")
     g.add_argument("--queue", type=int, default=16,
-                   help="requests admitted at once, decoding + waiting; more get 503 (default 16)")
+                   help="requests admitted at once (uploading, decoding, waiting, running); more get 503 (default 16)")
     g.add_argument("--model-name", default=DEFAULT_MODEL_NAME,
                    help=f"model id reported by /v1/models (default {DEFAULT_MODEL_NAME})")
     d = p.add_argument_group("decoding")
     d.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per window (default 512)")
     d.add_argument("--window", type=float, default=30.0,
-                   help="recordings longer than this (seconds) are split at pauses (default 30)")
+                   help="the most audio decoded at once, seconds; longer recordings are cut at pauses (default 30)")
+    d.add_argument("--max-cue", type=float, default=10.0,
+                   help="window limit for srt/vtt/verbose_json answers, seconds (default 10)")
+    d.add_argument("--vad", choices=("silero", "energy", "none"), default="silero",
+                   help="speech detector for long recordings (default silero)")
+    d.add_argument("--fixed-tokens", type=int, default=None, metavar="N",
+                   help="benchmarks: generate exactly N tokens per window, ignoring end-of-generation")
 
 
 def _available_cpus() -> int:
@@ -816,11 +793,13 @@ def main(args: argparse.Namespace) -> int:
     if not _is_loopback(args.host) and not api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the server",
                     args.host)
-    if args.threads is None:  # leave a core to the HTTP side (see "Concurrency" above)
+    if args.threads is None:  # leave a core to the HTTP side
         args.threads = max(1, _available_cpus() - 1)
     model = load_model(args)
-    app = create_app(model, api_key=api_key, max_upload_mb=args.max_upload_mb, queue_size=args.queue,
-                     model_name=args.model_name, max_new_tokens=args.max_new_tokens, window=args.window)
+    app = create_app(model, api_key=api_key, max_upload_mib=args.max_upload_mib, queue_size=args.queue,
+                     model_name=args.model_name, max_new_tokens=args.max_new_tokens, window=args.window,
+                     max_cue=args.max_cue, max_audio_s=args.max_audio_s, max_prompt_tokens=args.max_prompt_tokens,
+                     vad=None if args.vad == "none" else args.vad, fixed_tokens=args.fixed_tokens)
     print(f"pylfm: serving {model.model_path.name} on {model.device} at http://{args.host}:{args.port}/v1 "
           f"(model id {args.model_name!r})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
