@@ -19,6 +19,7 @@ import numpy as np
 
 from . import _core
 from .audio import load_audio
+from .device import DEVICES, available_cpus as _available_cpus, check_device as _check_device  # noqa: F401
 from .errors import DeviceError, ModelLoadError, PylfmError
 from .formats import Segment
 from .job import TranscriptionJob
@@ -31,7 +32,6 @@ from .scheduler import Scheduler, drain_llama_log as _drain_log
 log = logging.getLogger("pylfm")
 log.addHandler(logging.NullHandler())  # a library stays silent unless the application configures logging
 
-DEVICES = ("auto", "cpu", "gpu", "cuda", "metal", "vulkan", "sycl", "hip")
 # Context per sequence to start with: a 30 s window (~400 prompt tokens) + 512 generated.
 # It grows when a longer window arrives (up to the model's training context).
 _START_CTX_PER_SEQUENCE = 1024
@@ -327,16 +327,6 @@ def system_info() -> Dict[str, Any]:
     return dict(_core.system_info())
 
 
-def _check_device(device: str) -> str:
-    if not isinstance(device, str):
-        raise DeviceError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
-    d = device.strip().lower()
-    kind, _, index = d.partition(":")
-    if kind not in DEVICES or (index and not index.isdigit()):
-        raise DeviceError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} (optionally ':N', e.g. 'cuda:1')")
-    return d
-
-
 def _check_pair(model_path, mmproj_path) -> None:
     """Cheap checks before llama.cpp sees the files, so a wrong file gives a clear
     error rather than a crash deep inside the loader."""
@@ -368,13 +358,6 @@ def _check_pair(model_path, mmproj_path) -> None:
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _available_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def _closing(it: Iterator[Any], bar: Any) -> Iterator[Any]:
