@@ -75,3 +75,67 @@ def looping_gguf(tmp_path_factory: pytest.TempPathFactory):
 
     ckpt = load_tool("make_looping_checkpoint").make_looping_checkpoint(tmp_path_factory.mktemp("loop") / "looping")
     return convert(ckpt, outdir=tmp_path_factory.mktemp("gguf-loop"), outtype="f32", progress=False)
+
+
+# ---------------------------------------------------------------------- --device (GPU runs)
+# `pytest --device cuda` runs the suite on a GPU: every Model the tests load with
+# device="cpu" (or "auto") loads on that device instead, and tests marked `gpu` run.
+# Without it (the default, CI) everything runs on the CPU and `gpu` tests are skipped.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu",
+                     help="device the tests' models run on: cpu (default), cuda, cuda:1, metal, gpu")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "gpu: needs a GPU; runs only with --device cuda (metal, ...)")
+    device = config.getoption("--device")
+    if device != "cpu":
+        _load_models_on(device)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if config.getoption("--device") == "cpu":
+        skip = pytest.mark.skip(reason="GPU test: run with --device cuda (or metal, ...)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def _load_models_on(device: str) -> None:
+    import functools
+
+    from pylfm.device import select_device
+    from pylfm.errors import DeviceError
+    from pylfm.model import Model
+
+    try:
+        if select_device(device) == "cpu":
+            raise DeviceError("it resolves to the CPU")
+    except DeviceError as e:  # never run a "GPU" suite silently on the CPU
+        raise pytest.UsageError(f"--device {device}: {e}") from None
+    init = Model.__init__
+
+    @functools.wraps(init)
+    def init_on_device(self, *args, **kwargs):
+        if kwargs.get("device", "auto") in ("cpu", "auto"):
+            kwargs["device"] = device
+        init(self, *args, **kwargs)
+
+    Model.__init__ = init_on_device
+
+
+@pytest.fixture(scope="session")
+def test_device(pytestconfig: pytest.Config) -> str:
+    """The --device the suite runs on ("cpu" unless asked)."""
+    return pytestconfig.getoption("--device")
+
+
+@pytest.fixture(scope="session")
+def device_name(test_device: str) -> str:
+    """The first word of `Model.device` for models the tests load: "CPU", "CUDA0", "MTL0"..."""
+    if test_device == "cpu":
+        return "CPU"
+    from pylfm.device import gpu_devices, select_device
+
+    engine = select_device(test_device)
+    return next(g["name"] for g in gpu_devices() if g["engine"] == engine)

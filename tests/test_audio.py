@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pylfm.audio import MIN_SAMPLES_16K, SAMPLE_RATE, duration, load_audio, min_samples
+from pylfm.audio import MIN_SAMPLES_16K, duration, load_audio, min_samples
 from pylfm.errors import AudioError
 
 SR = 16000
@@ -170,7 +170,6 @@ def test_float32_mono_16k_is_passed_through():
 
 
 def test_helpers():
-    assert SAMPLE_RATE == 16000 and MIN_SAMPLES_16K == 1280
     assert min_samples(16000) == 1280 and min_samples(44100) == 3528
     assert duration(np.zeros(8000), 16000) == 0.5 and duration(16000, 8000) == 2.0
 

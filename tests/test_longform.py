@@ -1,5 +1,6 @@
 """Long recordings: windows cut at pauses, timed segments, silence, batches, and the
-CLI's writers, on the tiny model."""
+CLI's writers, on the tiny model. The synthetic tone recordings are cut with the energy
+detector (Silero rightly hears no speech in tones); real speech goes through Silero."""
 
 import json
 import subprocess
@@ -42,7 +43,7 @@ def model(tiny_gguf_f32):
 
 def test_fifteen_minutes_complete_and_ordered(model):
     audio, spans = synthetic_recording(15)
-    r = model.transcribe(audio, sample_rate=RATE, max_new_tokens=3, ignore_eos=True)
+    r = model.transcribe(audio, sample_rate=RATE, max_new_tokens=3, ignore_eos=True, vad="energy")
     segs = r.segments
     assert r.duration == pytest.approx(15 * 60)
     assert len(segs) >= 15 * 60 / 30  # windows are at most 30 s
@@ -57,8 +58,8 @@ def test_fifteen_minutes_complete_and_ordered(model):
 
 def test_lazy_segments_match_eager(model):
     audio, _ = synthetic_recording(2, seed=3)
-    eager = model.transcribe(audio, sample_rate=RATE, max_new_tokens=6)
-    segments, info = model.transcribe_segments(audio, sample_rate=RATE, max_new_tokens=6)
+    eager = model.transcribe(audio, sample_rate=RATE, max_new_tokens=6, vad="energy")
+    segments, info = model.transcribe_segments(audio, sample_rate=RATE, max_new_tokens=6, vad="energy")
     assert info.duration == pytest.approx(120) and info.n_windows >= 4
     assert info.timings.decode_ms == 0  # nothing decoded until iterated
     lazy = list(segments)
@@ -68,8 +69,8 @@ def test_lazy_segments_match_eager(model):
 
 def test_window_batching_gives_the_same_text(model):
     audio, _ = synthetic_recording(2, seed=5)
-    one = model.transcribe(audio, sample_rate=RATE, max_new_tokens=6, batch_size=1)
-    four = model.transcribe(audio, sample_rate=RATE, max_new_tokens=6, batch_size=4)
+    one = model.transcribe(audio, sample_rate=RATE, max_new_tokens=6, batch_size=1, vad="energy")
+    four = model.transcribe(audio, sample_rate=RATE, max_new_tokens=6, batch_size=4, vad="energy")
     assert one.text == four.text
 
 
@@ -92,10 +93,11 @@ def _write_clips(tmp_path, n=3):
 
 
 def _model_args(g):
-    return ["--model", str(g.model_path), "--mmproj", str(g.mmproj_path), "--device", "cpu", "--threads", "2"]
+    return ["--model", str(g.model_path), "--mmproj", str(g.mmproj_path), "--device", "cpu", "--threads", "2",
+            "--vad", "energy"]
 
 
-def test_cli_batch_writes_one_file_per_input(tiny_gguf_f32, tmp_path, capsys):
+def test_cli_batch_writes_one_file_per_input(tiny_gguf_f32, tmp_path, capsys, device_name):
     clips = _write_clips(tmp_path)
     out = tmp_path / "out"
     rc = cli.main(["transcribe", *map(str, clips), "-f", "all", "-o", str(out), "--quiet",
@@ -112,7 +114,7 @@ def test_cli_batch_writes_one_file_per_input(tiny_gguf_f32, tmp_path, capsys):
         assert [(round(s.start, 3), round(s.end, 3), s.text) for s in srt] == key
         assert [(round(s.start, 3), round(s.end, 3), s.text) for s in vtt] == key
         assert (out / f"{c.stem}.txt").read_text().strip() == doc["text"].strip()
-        assert doc["device"] == "CPU" and doc["timings"]["decode_ms"] > 0
+        assert doc["device"].split()[0] == device_name and doc["timings"]["decode_ms"] > 0
     assert not list(out.glob("*.part")) and not list(out.glob(".*"))
 
 
@@ -148,7 +150,7 @@ def test_cli_reads_stdin(tiny_gguf_f32, tmp_path):
 
 def test_cli_bad_input_is_an_error_not_a_crash(tiny_gguf_f32, tmp_path, capsys):
     rc = cli.main(["transcribe", str(tmp_path / "missing.wav"), *_model_args(tiny_gguf_f32)])
-    assert rc == 2
+    assert rc == 1  # an input failed (2 is for errors that stop everything)
     assert "missing.wav" in capsys.readouterr().err
 
 

@@ -27,9 +27,9 @@ def model(tiny_gguf_f32):
     return pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device="cpu", n_threads=2)
 
 
-def test_loads_and_reports(model):
+def test_loads_and_reports(model, device_name):
     assert model.sample_rate == 16000
-    assert model.device == "CPU"
+    assert model.device.split()[0] == device_name
     assert model.load_ms > 0
     assert "CPU" in pylfm.system_info()["backends"]
 
@@ -252,8 +252,13 @@ def test_not_a_gguf(tiny_gguf_f32, tmp_path):
 def test_missing_model_files(tiny_gguf_f32, tmp_path):
     with pytest.raises(ModelNotFoundError, match="not found"):
         pylfm.Model(tmp_path / "missing.gguf", tiny_gguf_f32.mmproj_path)
+    alone = tmp_path / "alone" / tiny_gguf_f32.model_path.name
+    alone.parent.mkdir()
+    shutil.copy(tiny_gguf_f32.model_path, alone)
     with pytest.raises(ModelNotFoundError, match="mmproj"):
-        pylfm.Model(tiny_gguf_f32.model_path)
+        pylfm.Model(alone)  # no mmproj given and none next to it
+    found = pylfm.Model(tiny_gguf_f32.model_path, device="cpu")  # the one next to it
+    assert found.mmproj_path == tiny_gguf_f32.mmproj_path
 
 
 def test_mmproj_without_audio(tiny_gguf_f32, tmp_path):

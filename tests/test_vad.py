@@ -1,24 +1,27 @@
-"""pylfm.vad: speech spans on synthetic recordings and the window-splitting guarantees."""
+"""pylfm.vad: plan_windows' guarantees, the energy fallback and VadOptions, on synthetic
+speech-like bursts (exact ground truth, fast); Silero on real speech is test_silero.py."""
+
+import math
 
 import numpy as np
 import pytest
 
 from pylfm.audio import MIN_SAMPLES_16K
-from pylfm.vad import frame_levels_db, speech_spans, split_windows
+from pylfm.errors import AudioError
+from pylfm.vad import VadOptions, plan_windows, speech_regions, split_windows
 
 SR = 16000
 
 
 def _make_bank(count=48, seed=0):
     """Harmonic syllables of 0.1-0.3 s under a Hann envelope (so the level dips
-    between syllables, as in speech), made once: generating 15 minutes of fresh
-    sines would dominate the test time."""
+    between syllables, as in speech), made once."""
     rng = np.random.default_rng(seed)
     bank = []
     for _ in range(count):
         m = int(rng.uniform(0.1, 0.3) * SR)
         t = np.arange(m) / SR
-        f0t = rng.uniform(90, 250) * (1 + 0.1 * t)  # a little chirp
+        f0t = rng.uniform(90, 250) * (1 + 0.1 * t)
         wave = sum(np.sin(2 * np.pi * k * f0t * t) / k for k in (1, 2, 3))
         bank.append((np.hanning(m) * wave).astype(np.float32))
     return bank
@@ -38,8 +41,8 @@ def syllables(seconds, rng, amp=0.2):
 
 
 def recording(layout, rng, noise=3e-4):
-    """Concatenate ("speech"|"pause", seconds) parts over low background noise;
-    returns the signal and the ground-truth speech intervals in samples."""
+    """("speech"|"pause", seconds) parts over low background noise -> (signal, speech
+    intervals in samples)."""
     parts, truth, pos = [], [], 0
     for kind, secs in layout:
         n = int(secs * SR)
@@ -54,7 +57,8 @@ def recording(layout, rng, noise=3e-4):
     return x, truth
 
 
-def check_windows(windows, n, max_s=30.0):
+def check_windows(windows, n, max_s):
+    """The guarantees every plan has."""
     assert all(isinstance(v, int) for w in windows for v in w)
     for s, e in windows:
         assert 0 <= s < e <= n
@@ -64,8 +68,12 @@ def check_windows(windows, n, max_s=30.0):
         assert e1 <= s2  # in order, no overlap
 
 
+def inside_one(span, windows):
+    return any(s <= span[0] and span[1] <= e for s, e in windows)
+
+
 def covered(span, windows):
-    """Is every sample of span inside some window?"""
+    """Is every sample of ``span`` in some window?"""
     s, e = span
     for ws, we in windows:
         if ws <= s < we:
@@ -75,166 +83,232 @@ def covered(span, windows):
     return False
 
 
-# --------------------------------------------------------------------------- spans
+# --------------------------------------------------------------------------- the plan
 
 
-def test_spans_found_around_speech():
+def test_short_clip_is_decoded_whole_and_silence_not_at_all():
     rng = np.random.default_rng(1)
-    layout = [("pause", 1.0), ("speech", 2.0), ("pause", 1.5), ("speech", 0.8),
-              ("pause", 2.0), ("speech", 3.0), ("pause", 1.0)]
-    x, truth = recording(layout, rng)
-    spans = speech_spans(x, SR)
-    assert len(spans) == 3
-    tol = int(0.1 * SR) + 480 * 2  # the padding plus a frame either way
-    for (s, e), (ts, te) in zip(spans, truth):
-        assert s <= ts and e >= te  # the whole burst is inside
-        assert ts - s <= tol and e - te <= tol
+    x, _ = recording([("pause", 3.0), ("speech", 2.0), ("pause", 5.0)], rng)
+    for vad in ("energy", "silero"):
+        assert plan_windows(np.zeros(20 * SR, np.float32), SR, vad=vad) == []
+        assert plan_windows(np.zeros(40 * SR, np.float32), SR, vad=vad) == []
+    assert plan_windows(x, SR, vad="energy") == [(0, len(x))]  # 10 s < 30 s: whole
+    # No detector: the clip as it is, silence included.
+    assert plan_windows(np.zeros(20 * SR, np.float32), SR, vad=None) == [(0, 20 * SR)]
+    assert plan_windows(np.zeros(0, np.float32), SR, vad=None) == []
 
 
-def test_short_pauses_bridged_short_blips_dropped():
-    rng = np.random.default_rng(2)
-    x, _ = recording([("pause", 0.5), ("speech", 1.0), ("pause", 0.2), ("speech", 1.0),
-                      ("pause", 0.6), ("speech", 1.0), ("pause", 0.5)], rng)
-    assert len(speech_spans(x, SR)) == 2  # the 0.2 s pause is inside speech
-    assert len(speech_spans(x, SR, min_silence_ms=100, pad_ms=30)) == 3
-    click = np.zeros(SR * 2, np.float32)
-    click[SR : SR + 160] = 0.5  # 10 ms click
-    assert speech_spans(click, SR) == []
-    assert len(speech_spans(click, SR, min_speech_ms=0)) == 1
-
-
-def test_silence_and_faint_noise_are_not_speech():
-    rng = np.random.default_rng(3)
-    assert speech_spans(np.zeros(SR * 5, np.float32), SR) == []
-    assert speech_spans(rng.normal(0, 1e-4, SR * 5).astype(np.float32), SR) == []
-    assert speech_spans(np.zeros(0, np.float32), SR) == []
-
-
-def test_all_speech_and_quiet_speech():
-    rng = np.random.default_rng(4)
-    x = syllables(10.0, rng)
-    assert speech_spans(x, SR) == [(0, len(x))]
-    quiet, truth = recording([("pause", 1.0), ("speech", 1.0), ("pause", 1.0)], rng, noise=1e-4)
-    quiet *= 0.05  # speech around -45 dBFS, noise at -106 dBFS
-    spans = speech_spans(quiet, SR)
-    assert len(spans) == 1 and covered(truth[0], spans)
-
-
-def test_explicit_threshold_and_int16_input():
-    rng = np.random.default_rng(5)
-    x, _ = recording([("pause", 1.0), ("speech", 1.0), ("pause", 1.0)], rng)
-    assert speech_spans(x, SR, threshold=0.0) == []  # nothing reaches 0 dBFS
-    assert speech_spans(x, SR, threshold=-200.0) == [(0, len(x))]
-    pcm = np.round(x * 32767).astype(np.int16)
-    assert speech_spans(pcm, SR) == speech_spans(x, SR)
-
-
-def test_frame_levels():
-    x = np.full(1000, 0.5, np.float32)
-    lv = frame_levels_db(x, 480)
-    assert len(lv) == 3  # the short last frame is measured too
-    np.testing.assert_allclose(lv, 20 * np.log10(0.5), atol=1e-6)
-    assert frame_levels_db(np.zeros(480, np.float32), 480)[0] == -120.0
-
-
-def test_bad_input():
-    with pytest.raises(ValueError, match="1-D"):
-        speech_spans(np.zeros((2, SR), np.float32), SR)
-    with pytest.raises(ValueError, match="positive"):
-        speech_spans(np.zeros(SR, np.float32), 0)
-    with pytest.raises(ValueError, match="too short"):
-        split_windows(syllables(1.0, np.random.default_rng(0)), SR, max_window_s=0.1)
-
-
-# --------------------------------------------------------------------------- windows
-
-
-def test_fifteen_minutes_split_in_pauses():
+@pytest.mark.parametrize("window", [30.0, 10.0])
+def test_fifteen_minutes_packed_from_whole_regions(window):
     rng = np.random.default_rng(6)
     layout, total = [("pause", 0.7)], 0.7
     while total < 15 * 60:
-        # Mostly short pauses (kept inside windows, cut when needed), some long ones
-        # (left out).
-        speech = rng.uniform(0.3, 8.0)
+        speech = rng.uniform(0.3, min(8.0, window - 1))
         pause = rng.uniform(0.5, 1.8) if rng.random() < 0.85 else rng.uniform(2.5, 5.0)
         layout += [("speech", speech), ("pause", pause)]
         total += speech + pause
     x, truth = recording(layout, rng)
-    windows = split_windows(x, SR)
-    check_windows(windows, len(x))
-    assert len(windows) >= 15 * 60 / 30
-    # A window cut short of a long pause is close to full: the cut goes in the latest
-    # pause before the limit, and bursts are at most 8 s long.
-    cut = [w for w, nxt in zip(windows, windows[1:]) if w[1] == nxt[0]]
-    assert len(cut) > 10 and all(e - s > 20 * SR for s, e in cut)
-    # Every burst lies whole inside one window: no cut fell inside speech.
-    for ts, te in truth:
-        assert any(s <= ts and te <= e for s, e in windows), (ts / SR, te / SR)
-    for span in speech_spans(x, SR):
-        assert covered(span, windows)
-    # What lies between windows is silence only.
+    windows = plan_windows(x, SR, window=window, vad="energy")
+    check_windows(windows, len(x), window)
+    assert len(windows) >= 15 * 60 / window
+    # Every burst lies whole inside one window: no edge fell inside speech ...
+    for span in truth:
+        assert inside_one(span, windows), (span[0] / SR, span[1] / SR)
+    # ... windows are well filled: a window ends early only where the next burst would
+    # not fit or a long pause follows ...
+    opts = VadOptions()
+    for (s1, e1), (s2, e2) in zip(windows, windows[1:]):
+        assert e2 - s1 > window * SR or s2 - e1 > opts.max_gap_s * SR
+    # ... and pauses longer than max_gap_s are not sent.
     for (_, e1), (s2, _) in zip(windows, windows[1:]):
         assert not any(ts < s2 and te > e1 for ts, te in truth)
+    long_pauses = [(a[1], b[0]) for a, b in zip(truth, truth[1:]) if b[0] - a[1] > 2.5 * SR]
+    assert long_pauses and all(
+        not any(ws <= ps + SR // 2 and pe - SR // 2 <= we for ws, we in windows) for ps, pe in long_pauses)
 
 
-def test_cut_prefers_latest_pause_at_its_quietest_point():
+def test_max_gap_controls_which_pauses_are_sent():
+    rng = np.random.default_rng(8)
+    x, truth = recording([("pause", 5.0), ("speech", 3.0), ("pause", 1.5), ("speech", 3.0),
+                          ("pause", 4.0), ("speech", 3.0), ("pause", 5.0)] * 2, rng)
+    windows = plan_windows(x, SR, vad="energy")
+    check_windows(windows, len(x), 30)
+    assert len(windows) == 4  # the 1.5 s pauses stay inside, the 4-5 s ones are left out
+    assert plan_windows(x, SR, vad="energy", options=VadOptions(max_gap_s=1.0)).__len__() == 6
+    assert len(plan_windows(x, SR, vad="energy", options=VadOptions(max_gap_s=10.0))) == 2
+    for span in truth:
+        assert inside_one(span, windows)
+
+
+def test_region_longer_than_the_window_is_cut_at_its_quietest_point():
     rng = np.random.default_rng(7)
-    x, truth = recording([("speech", 10.0), ("pause", 0.6), ("speech", 10.0), ("pause", 0.6),
-                          ("speech", 5.0), ("pause", 1.0), ("speech", 10.0)], rng, noise=1e-3)
-    # Make one spot of the last pause quieter than the rest of it.
-    quiet = truth[2][1] + int(0.7 * SR)
-    x[quiet : quiet + 960] = 0.0
-    windows = split_windows(x, SR)
-    check_windows(windows, len(x))
+    x, truth = recording([("speech", 10.0), ("pause", 0.25), ("speech", 12.0), ("pause", 0.25),
+                          ("speech", 11.0)], rng, noise=1e-3)
+    # One region (the pauses are shorter than min_silence), 33.5 s > 30 s.
+    assert len(speech_regions(x, SR, vad="energy")) == 1
+    windows = plan_windows(x, SR, vad="energy")
+    check_windows(windows, len(x), 30)
     assert len(windows) == 2
     cut = windows[0][1]
-    assert windows[1][0] == cut  # a pause kept inside the stretch is split, not dropped
-    assert quiet <= cut < quiet + 960
-    assert windows[0][0] <= truth[0][0] and windows[1][1] >= truth[3][1]
+    assert windows[1][0] == cut  # nothing lost or duplicated
+    assert windows[0][0] == 0 and windows[1][1] == len(x)
+    # The cut is in one of the two pauses (the quietest places), not in speech.
+    assert any(te <= cut <= ts for (_, te), (ts, _) in zip(truth, truth[1:]))
 
 
-def test_long_pauses_dropped_and_silence_gives_no_windows():
-    rng = np.random.default_rng(8)
-    x, truth = recording([("pause", 5.0), ("speech", 3.0), ("pause", 4.0), ("speech", 3.0),
-                          ("pause", 5.0)], rng)
-    windows = split_windows(x, SR)
-    check_windows(windows, len(x))
-    assert len(windows) == 2  # the 4 s pause is left out, as are the ends
-    assert covered(truth[0], windows[:1]) and covered(truth[1], windows[1:])
-    assert windows[0][0] > 4 * SR and windows[1][1] < len(x) - 4 * SR
-    assert len(split_windows(x, SR, drop_silence_s=10.0)) == 1
-    assert split_windows(np.zeros(60 * SR, np.float32), SR) == []
-    noise = rng.normal(0, 1e-4, 60 * SR).astype(np.float32)
-    assert split_windows(noise, SR) == []
-
-
-def test_unbroken_speech_is_cut_at_quiet_frames():
+def test_unbroken_speech_is_cut_contiguously_into_small_windows():
     rng = np.random.default_rng(9)
     x = syllables(70.0, rng)
-    windows = split_windows(x, SR)
-    check_windows(windows, len(x))
+    for window in (30.0, 10.0, 2.0, 0.2):
+        windows = plan_windows(x, SR, window=window, vad="energy")
+        check_windows(windows, len(x), window)
+        assert windows[0][0] == 0 and windows[-1][1] == len(x)
+        assert all(e1 == s2 for (_, e1), (s2, _) in zip(windows, windows[1:]))
+        # As few windows as the second-half rule allows.
+        assert len(windows) <= math.ceil(70.0 / (window / 2)) + 1
+    # A stretch of softer speech is where the cut goes.
+    x[int(47.0 * SR) : int(47.6 * SR)] *= 0.1
+    windows = plan_windows(x, SR, window=30.0, vad="energy")
+    assert len(windows) == 3 and 47.0 * SR <= windows[1][1] <= 47.6 * SR
+
+
+def test_no_vad_cuts_long_audio_into_contiguous_pieces():
+    rng = np.random.default_rng(11)
+    x, truth = recording([("speech", 20.0), ("pause", 1.0), ("speech", 25.0), ("pause", 8.0),
+                          ("speech", 6.0)], rng)
+    windows = plan_windows(x, SR, vad=None)
+    check_windows(windows, len(x), 30)
     assert windows[0][0] == 0 and windows[-1][1] == len(x)
-    for (_, e1), (s2, _) in zip(windows, windows[1:]):
-        assert e1 == s2  # contiguous: nothing lost or duplicated
-    levels = frame_levels_db(x, 480)
-    for s, e in windows[:-1]:
-        assert e - s >= 15 * SR  # forced cuts go in the second half of the limit
-        half = levels[(s + 15 * SR) // 480 : (s + 30 * SR) // 480]
-        assert levels[e // 480] <= np.percentile(half, 1)
+    assert all(e1 == s2 for (_, e1), (s2, _) in zip(windows, windows[1:]))  # nothing dropped
+    for _, e in windows[:-1]:  # the cuts are in the pauses
+        assert any(te <= e <= ts for (_, te), (ts, _) in zip(truth, truth[1:]))
+    assert plan_windows(x[: 29 * SR], SR, vad=None) == [(0, 29 * SR)]
 
 
-def test_unbroken_speech_leaves_no_tiny_tail():
-    rng = np.random.default_rng(10)
-    x = syllables(30.05, rng)  # just over one window
-    windows = split_windows(x, SR)
-    check_windows(windows, len(x))
-    assert len(windows) == 2
-
-
-def test_tiny_window_is_widened():
-    x = np.zeros(SR, np.float32)
-    x[8000:8320] = 0.5  # 20 ms burst
-    windows = split_windows(x, SR, min_speech_ms=0, pad_ms=0)
+def test_tiny_speech_gets_a_window_of_one_encoder_frame():
+    x = np.zeros(60 * SR, np.float32)
+    x[30 * SR : 30 * SR + 320] = 0.5  # a 20 ms burst in a minute of silence
+    opts = VadOptions(min_speech_duration_ms=0, speech_pad_ms=0)
+    windows = plan_windows(x, SR, vad="energy", options=opts)
     assert len(windows) == 1
     s, e = windows[0]
-    assert e - s == MIN_SAMPLES_16K and s <= 8000 and e >= 8320
+    assert e - s == MIN_SAMPLES_16K and s <= 30 * SR and e >= 30 * SR + 320
+
+
+def test_other_rates_and_integer_samples():
+    rng = np.random.default_rng(12)
+    x, truth = recording([("pause", 3.0), ("speech", 4.0), ("pause", 30.0), ("speech", 4.0),
+                          ("pause", 3.0)], rng)
+    w16 = plan_windows(x, SR, vad="energy")
+    assert len(w16) == 2
+    pcm = np.round(x * 32767).astype(np.int16)
+    assert plan_windows(pcm, SR, vad="energy") == w16
+    x8 = x[::2].copy()  # 8 kHz: spans in 8 kHz samples, the same times
+    w8 = plan_windows(x8, 8000, vad="energy")
+    assert len(w8) == 2
+    for (a, b), (c, d) in zip(w8, w16):
+        assert abs(2 * a - c) <= 0.05 * SR and abs(2 * b - d) <= 0.05 * SR
+
+
+# --------------------------------------------------------------------------- the energy detector
+
+
+def test_energy_regions_around_speech():
+    rng = np.random.default_rng(1)
+    x, truth = recording([("pause", 1.0), ("speech", 2.0), ("pause", 1.5), ("speech", 0.8),
+                          ("pause", 2.0), ("speech", 3.0), ("pause", 1.0)], rng)
+    regions = speech_regions(x, SR, vad="energy")
+    assert len(regions) == 3
+    pad = int(VadOptions().speech_pad_ms * SR / 1000)
+    for (s, e), (ts, te) in zip(regions, truth):
+        assert s <= ts and e >= te  # the whole burst is inside
+        assert ts - s <= pad + 960 and e - te <= pad + 960  # padding plus two frames
+
+
+def test_energy_bridges_short_pauses_and_drops_clicks():
+    rng = np.random.default_rng(2)
+    x, _ = recording([("pause", 0.5), ("speech", 1.0), ("pause", 0.2), ("speech", 1.0),
+                      ("pause", 0.8), ("speech", 1.0), ("pause", 0.5)], rng)
+    assert len(speech_regions(x, SR, vad="energy")) == 2  # 0.2 s is inside speech
+    fine = VadOptions(min_silence_duration_ms=100, speech_pad_ms=30)
+    assert len(speech_regions(x, SR, vad="energy", options=fine)) == 3
+    click = np.zeros(SR * 2, np.float32)
+    click[SR : SR + 160] = 0.5  # 10 ms
+    assert speech_regions(click, SR, vad="energy") == []
+    assert len(speech_regions(click, SR, vad="energy", options=VadOptions(min_speech_duration_ms=0))) == 1
+
+
+def test_energy_threshold_option():
+    rng = np.random.default_rng(5)
+    x, _ = recording([("pause", 1.0), ("speech", 1.0), ("pause", 1.0)], rng)
+    assert speech_regions(x, SR, vad="energy", options=VadOptions(energy_threshold_db=-1.0)) == []
+    assert speech_regions(x, SR, vad="energy", options=VadOptions(energy_threshold_db=-200.0)) == [(0, len(x))]
+    assert speech_regions(np.zeros(SR * 5, np.float32), SR, vad="energy") == []
+    quiet, truth = recording([("pause", 1.0), ("speech", 1.0), ("pause", 1.0)], rng, noise=1e-4)
+    quiet *= 0.05  # speech around -45 dBFS, noise at -106 dBFS
+    assert covered(truth[0], speech_regions(quiet, SR, vad="energy"))
+
+
+def test_max_speech_duration_cuts_regions():
+    rng = np.random.default_rng(4)
+    x = syllables(25.0, rng)
+    assert speech_regions(x, SR, vad="energy") == [(0, len(x))]
+    pieces = speech_regions(x, SR, vad="energy", options=VadOptions(max_speech_duration_s=10))
+    assert len(pieces) == 3 and pieces[0][0] == 0 and pieces[-1][1] == len(x)
+    assert all(e - s <= 10 * SR for s, e in pieces)
+    assert all(e1 == s2 for (_, e1), (s2, _) in zip(pieces, pieces[1:]))
+
+
+def test_split_windows_alias_for_old_callers():
+    rng = np.random.default_rng(3)
+    x, _ = recording([("speech", 20.0), ("pause", 3.0), ("speech", 20.0)], rng)
+    assert split_windows(x, SR, max_window_s=30.0) == plan_windows(x, SR, window=30.0, vad="energy")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_bad_arguments():
+    x = np.zeros(SR, np.float32)
+    with pytest.raises(ValueError, match="'silero', 'energy' or None"):
+        plan_windows(x, SR, vad="webrtc")
+    with pytest.raises(ValueError, match="needs a detector"):
+        speech_regions(x, SR, vad=None)
+    with pytest.raises(TypeError, match="VadOptions"):
+        plan_windows(x, SR, options={"threshold": 0.3})
+    with pytest.raises(ValueError, match="too short"):
+        plan_windows(x, SR, window=0.15)
+    for bad in (float("nan"), "30", None):
+        with pytest.raises(ValueError, match="window"):
+            plan_windows(x, SR, window=bad)
+    for rate in (0, -16000, float("inf"), "16000"):
+        with pytest.raises(ValueError, match="rate"):
+            plan_windows(x, rate)
+    with pytest.raises(AudioError, match="1-D"):
+        plan_windows(np.zeros((2, SR), np.float32), SR)
+    with pytest.raises(AudioError, match="numeric"):
+        plan_windows(np.array(["a"] * 100), SR)
+    y = x.copy()
+    y[5] = np.nan
+    with pytest.raises(AudioError, match="NaN"):
+        plan_windows(y, SR)
+
+
+@pytest.mark.parametrize("field,value,exc", [
+    ("threshold", 0.0, ValueError), ("threshold", 1.0, ValueError), ("threshold", float("nan"), ValueError),
+    ("threshold", "0.5", TypeError), ("threshold", True, TypeError),
+    ("neg_threshold", 0.6, ValueError), ("neg_threshold", 0.0, ValueError),
+    ("min_speech_duration_ms", -1, ValueError), ("min_silence_duration_ms", float("inf"), ValueError),
+    ("speech_pad_ms", -5, ValueError), ("max_speech_duration_s", 0, ValueError),
+    ("max_gap_s", -0.1, ValueError), ("energy_threshold_db", 3.0, ValueError),
+])
+def test_options_validated(field, value, exc):
+    with pytest.raises(exc, match=f"VadOptions.{field}"):
+        VadOptions(**{field: value})
+
+
+def test_options_defaults_and_hysteresis():
+    assert VadOptions().effective_neg_threshold == pytest.approx(0.35)
+    assert VadOptions(threshold=0.1).effective_neg_threshold == pytest.approx(0.01)
+    assert VadOptions(threshold=0.6, neg_threshold=0.2).effective_neg_threshold == 0.2
+    VadOptions(max_speech_duration_s=math.inf, max_gap_s=0, speech_pad_ms=0)  # all valid

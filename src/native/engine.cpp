@@ -108,6 +108,7 @@ Engine::Engine(const std::string& model_path, const std::string& mmproj_path, in
     mcp.print_timings = false;
     mcp.warmup = false;
     mcp.flash_attn_type = flash_attn ? LLAMA_FLASH_ATTN_TYPE_AUTO : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    placement_.attach(mcp);
     mctx_ = mtmd_init_from_file(mmproj_path.c_str(), model_, mcp);
     if (!mctx_) { free_all(); throw engine_error("could not load the mmproj '" + mmproj_path + "' for this text model"); }
     if (!mtmd_support_audio(mctx_)) {
@@ -146,6 +147,7 @@ void Engine::create_context(int n_ctx_seq) {
     cp.no_perf = true;
     cp.flash_attn_type = flash_attn_ ? LLAMA_FLASH_ATTN_TYPE_AUTO : LLAMA_FLASH_ATTN_TYPE_DISABLED;
     if (!gpu_) cp.op_offload = false;  // device="cpu" means no GPU work at all
+    placement_.attach(cp);
     if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }  // never hold two contexts' memory
     ctx_ = llama_init_from_model(model_, cp);
     if (!ctx_) throw engine_error("could not create a llama context of " + std::to_string(n_ctx_seq) +
@@ -250,6 +252,7 @@ void Engine::prefill(const mtmd_input_chunks* chunks, Slot& s) {
     if (n_chunks == 0 || mtmd_input_chunk_get_type(mtmd_input_chunks_get(chunks, n_chunks - 1)) != MTMD_INPUT_CHUNK_TYPE_TEXT)
         throw std::invalid_argument("the prompt must end with text after the audio");
     const int n_embd = this->n_embd();
+    auto phase = placement_.phase("prefill");
     RowBatch batch(n_batch_);
     auto check_cancel = [&] { if (s.cancel && s.cancel->set.load()) throw Cancelled{}; };
     for (size_t i = 0; i < n_chunks; ++i) {
@@ -492,6 +495,7 @@ void Engine::step(std::vector<Event>& events) {
     }
     if (rows.empty()) return;
     auto t0 = std::chrono::steady_clock::now();
+    auto phase = placement_.phase("decode");
     if (llama_decode(ctx_, batch.get()) != 0) {
         std::string msg = engine_error("llama_decode failed during generation").what();
         for (Slot* s : rows) {

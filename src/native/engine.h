@@ -28,6 +28,7 @@
 #include "ggml-backend.h"
 #include "llama.h"
 #include "mtmd.h"
+#include "placement.h"
 
 namespace pylfm {
 
@@ -128,6 +129,7 @@ public:
     ggml_backend_dev_t gpu() const { return gpu_; }  // nullptr on the CPU
     int n_threads() const { return n_threads_; }
     bool flash_attn() const { return flash_attn_; }
+    PlacementRecorder& placement() { return placement_; }  // where ops ran (PYLFM_RECORD_PLACEMENT=1)
 
 private:
     struct Slot;
@@ -157,6 +159,7 @@ private:
     int sample_rate_ = 0;
     double load_ms_ = 0;
     std::string device_;
+    PlacementRecorder placement_;
 
     std::mutex mu_;       // the context and the slots: held by the loop while it works
     std::mutex mtmd_mu_;  // mtmd's encoder state

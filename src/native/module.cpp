@@ -159,6 +159,10 @@ PYBIND11_MODULE(_core, m) {
         .def("token_piece", [](const Engine& e, int token, bool special) { return py::bytes(e.token_piece(token, special)); },
              py::arg("token"), py::arg("special") = true)
         .def("is_eog", &Engine::is_eog)
+        .def("placement", [](Engine& e) { return e.placement().snapshot(); },
+             "{phase: {op: {buffer: count}}} of the graphs computed so far (PYLFM_RECORD_PLACEMENT=1), phases "
+             "encode/prefill/decode; the buffer names the backend (CPU, CUDA0, ...).")
+        .def("clear_placement", [](Engine& e) { e.placement().clear(); })
         .def("count_tokens", &Engine::count_tokens, py::arg("text"), py::arg("special") = false)
         .def("submit", [](Engine& e, uint64_t id, const py::list& parts, const py::list& audio, const SamplingParams& params,
                           std::shared_ptr<CancelFlag> cancel) {

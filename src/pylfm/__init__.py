@@ -31,16 +31,18 @@ _EXPORTS = {
     "SpeechChunk": "pylfm.speech",
     "SpeechError": "pylfm.speech",
     "load_audio": "pylfm.audio",
+    "VadOptions": "pylfm.vad",
+    "plan_windows": "pylfm.vad",
     "convert": "pylfm.converter",
     "quantize": "pylfm.quant",
     "inspect": "pylfm.gguf_info",
     "PylfmError": "pylfm.errors",
     "AudioError": "pylfm.errors",
+    "AudioTooLongError": "pylfm.errors",
     "ModelLoadError": "pylfm.errors",
     "ModelNotFoundError": "pylfm.errors",
     "DeviceError": "pylfm.errors",
     "ConversionError": "pylfm.errors",
-    "AudioTooLongError": "pylfm.errors",
     "TranscriptionCancelled": "pylfm.errors",
     "TranscriptionTimeout": "pylfm.errors",
 }
@@ -51,7 +53,13 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), _RENAMED.get(name, name))
+        try:
+            module = import_module(_EXPORTS[name])
+        except ImportError as e:  # e.g. a CUDA build on a machine without the NVIDIA driver
+            from .device import explain_import_error
+
+            raise explain_import_error(e) from e
+        value = getattr(module, _RENAMED.get(name, name))
         globals()[name] = value
         return value
     raise AttributeError(f"module 'pylfm' has no attribute {name!r}")

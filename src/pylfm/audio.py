@@ -5,9 +5,11 @@ LFM2-Audio encoder expects (float32 mono PCM at 16 kHz).
     >>> x = load_audio(pcm_int16, sample_rate=44100)      # numpy array: rate required
 
 Accepted inputs
-    * a path (``str`` / ``os.PathLike``) to any file libsndfile decodes: WAV, FLAC,
-      OGG (Vorbis/Opus), MP3 (libsndfile >= 1.1), AIFF, ... ``"-"`` reads the encoded
-      file from standard input (name a file called ``-`` as ``./-``);
+    * a path (``str`` / ``os.PathLike``) to an audio or video file: WAV, FLAC, OGG
+      (Vorbis/Opus), MP3, AIFF go through libsndfile (fast); M4A/AAC, MP4/MOV/MKV/WebM
+      video (first audio stream), WebM/Opus, WMA, AMR and whatever else FFmpeg reads go
+      through PyAV. ``"-"`` reads standard input (name a file called ``-`` as ``./-``);
+      pipes, FIFOs and ``<(cmd)`` are read as streams;
     * ``bytes`` / ``bytearray`` / ``memoryview`` holding an encoded file;
     * a binary file object (anything with ``.read()`` returning bytes);
     * a numpy array (or anything ``np.asarray`` takes, e.g. a list) of raw PCM, which
@@ -17,25 +19,26 @@ Accepted inputs
       :func:`load_audio` for how the channel axis is chosen.
 
 Multichannel audio is downmixed by averaging the channels; a different sample rate is
-converted with soxr. Every failure raises :class:`~pylfm.errors.AudioError` (a
-``ValueError``) whose message says what to do, except a missing file, which raises
-the builtin ``FileNotFoundError``, and an unsupported input type (``TypeError``).
+converted with soxr. Encoded input is decoded chunk by chunk (see `pylfm.audio_decode`),
+so only the 16 kHz mono result is held whole. Every failure raises
+:class:`~pylfm.errors.AudioError` (a ``ValueError``) whose message says what to do,
+except a missing file (``FileNotFoundError``), an unreadable one (``PermissionError``)
+and an unsupported input type (``TypeError``); audio longer than ``max_duration`` raises
+:class:`~pylfm.errors.AudioTooLongError`, an ``AudioError``.
 """
 
 from __future__ import annotations
 
-import errno
-import io
 import math
 import os
-import sys
 from typing import BinaryIO, Optional, Union
 
 import numpy as np
-import soundfile as sf
 import soxr
 
-from .errors import AudioError
+from .audio_decode import MAX_RATE, MIN_RATE, decode
+from .audio_source import open_source
+from .errors import AudioError, AudioTooLongError
 
 __all__ = [
     "SAMPLE_RATE",
@@ -78,6 +81,8 @@ def load_audio(
     target_rate: float = SAMPLE_RATE,
     channel_axis: Optional[int] = None,
     resample_quality: str = "HQ",
+    max_duration: Optional[float] = None,
+    read_timeout: Optional[float] = None,
 ) -> np.ndarray:
     """Return ``audio`` as float32 mono, C-contiguous samples at ``target_rate`` Hz.
 
@@ -94,20 +99,35 @@ def load_audio(
             (soundfile's layout) and ``(channels, samples)`` (torchaudio's) work.
             Shapes where that is ambiguous (both dimensions > 8, or equal) need it.
         resample_quality: soxr quality ("QQ", "LQ", "MQ", "HQ", "VHQ").
+        max_duration: refuse audio longer than this many seconds. Checked against the
+            container header before decoding when the header states the length, and
+            while decoding otherwise (decoding stops as soon as the limit is passed), so
+            a small file that decodes to hours costs next to nothing. None: no limit.
+        read_timeout: for pipes, FIFOs and stdin, the longest wait for data in seconds
+            (default: $PYLFM_READ_TIMEOUT, else 10 s).
 
     The result may share memory with a float32 mono input that needs no conversion;
     pylfm never writes into it.
 
     Raises:
         FileNotFoundError: the path does not exist.
-        AudioError: not decodable, empty, NaN/inf, unsupported array dtype or shape,
-            bad rate, or shorter than one encoder frame (:data:`MIN_SAMPLES_16K` at
-            16 kHz) after resampling.
+        PermissionError: the file may not be read.
+        AudioTooLongError: longer than ``max_duration``.
+        AudioError: not decodable, no audio stream, empty, NaN/inf, unsupported array
+            dtype or shape, implausible rate (outside 1 kHz - 1 MHz), nothing arrived
+            from a pipe within ``read_timeout``, or shorter than one encoder frame
+            (:data:`MIN_SAMPLES_16K` at 16 kHz) after resampling.
         TypeError: ``audio`` is of an unsupported type.
+        ValueError: ``max_duration`` or ``read_timeout`` is not a positive number.
     """
     target_rate = _check_rate(target_rate, "target_rate")
     if sample_rate is not None:
         sample_rate = _check_rate(sample_rate, "sample_rate")
+    if max_duration is not None:
+        if isinstance(max_duration, bool) or not isinstance(max_duration, (int, float)) \
+                or math.isnan(max_duration) or max_duration <= 0:
+            raise ValueError(f"max_duration must be a positive number of seconds or None, got {max_duration!r}")
+        max_duration = float(max_duration)
 
     if isinstance(audio, np.ndarray) or _is_array_like(audio):
         if sample_rate is None:
@@ -115,34 +135,21 @@ def load_audio(
                 "a raw sample array needs its rate: pass sample_rate=, e.g. "
                 "load_audio(x, sample_rate=16000) (or pass a file path/bytes instead)"
             )
-        samples = _array_to_2d(np.asarray(audio), channel_axis)
-        rate = sample_rate
+        mono = _array_to_mono(np.asarray(audio), channel_axis, sample_rate, max_duration)
+        if not math.isclose(sample_rate, target_rate):
+            mono = soxr.resample(mono, sample_rate, target_rate, quality=resample_quality)
         name = "array"
     else:
-        samples, rate, name = _decode(audio)
+        with open_source(audio, read_timeout) as src:
+            name = src.name
+            mono, rate = decode(src, target_rate, resample_quality, max_duration)
         if sample_rate is not None and not math.isclose(sample_rate, rate):
             raise AudioError(
                 f"{name} is {rate:g} Hz according to its header but sample_rate={sample_rate:g} "
                 "was passed; leave sample_rate out for encoded files (it is read from the file)"
             )
-
-    # samples is (frames, channels) float32 here.
-    if samples.shape[0] == 0 or samples.shape[1] == 0:
-        raise AudioError(f"{name} contains no audio samples (0 samples); pass a non-empty recording")
-
-    # Averaging keeps the level of correlated channels (a stereo copy of a mono
-    # signal downmixes to itself); a sum could clip.
-    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
-
-    if not np.isfinite(mono).all():
-        bad = int(np.count_nonzero(~np.isfinite(mono)))
-        raise AudioError(
-            f"{name} contains {bad} NaN or infinite sample(s) (or values beyond float32 range); "
-            "clean the signal first, e.g. np.nan_to_num(x)"
-        )
-
-    if not math.isclose(rate, target_rate):
-        mono = soxr.resample(mono, rate, target_rate, quality=resample_quality)
+        if len(mono) == 0:
+            raise AudioError(f"{name} contains no audio samples (0 samples); pass a non-empty recording")
 
     need = min_samples(target_rate)
     if len(mono) < need:
@@ -156,76 +163,33 @@ def load_audio(
 
 
 # ---------------------------------------------------------------------------------
-# Encoded input
-
-
-def _supported_formats() -> str:
-    available = sf.available_formats()
-    common = [f for f in ("WAV", "FLAC", "OGG", "MP3") if f in available]
-    return ", ".join(common) + " and the other formats libsndfile reads"
-
-
-def _decode(audio: object) -> "tuple[np.ndarray, float, str]":
-    """Decode an encoded file given as path/bytes/file object -> (frames x channels, rate, name)."""
-    if isinstance(audio, (str, os.PathLike)):
-        path = os.fspath(audio)
-        if isinstance(path, bytes):
-            path = os.fsdecode(path)
-        if path == "-":
-            # Read everything: stdin is not seekable, and libsndfile needs to seek.
-            return _decode_bytes(sys.stdin.buffer.read(), "<stdin>")
-        if not os.path.exists(path):
-            raise FileNotFoundError(
-                errno.ENOENT,
-                f"audio file not found (relative paths start from {os.getcwd()}); check the path",
-                path,
-            )
-        if os.path.isdir(path):
-            raise AudioError(f"{path!r} is a directory, not an audio file; pass a file inside it")
-        # Opening it here gives Python's own errors (e.g. PermissionError) rather than
-        # libsndfile's vague "System error".
-        with open(path, "rb") as f:
-            return _sf_read(f, repr(path))
-    if isinstance(audio, (bytes, bytearray, memoryview)):
-        return _decode_bytes(bytes(audio), "<bytes>")
-    if hasattr(audio, "read"):
-        data = audio.read()
-        if isinstance(data, str):
-            raise TypeError("the file object is in text mode; open the audio file with mode 'rb'")
-        return _decode_bytes(bytes(data), getattr(audio, "name", None) or "<file object>")
-    raise TypeError(
-        f"cannot load audio from {type(audio).__name__}; pass a path, '-', bytes, "
-        "a binary file object, or a numpy array with sample_rate="
-    )
-
-
-def _decode_bytes(data: bytes, name: str) -> "tuple[np.ndarray, float, str]":
-    if not data:
-        raise AudioError(f"{name} is empty (0 bytes); pass the contents of an audio file")
-    return _sf_read(io.BytesIO(data), name)
-
-
-def _sf_read(src: object, name: str) -> "tuple[np.ndarray, float, str]":
-    try:
-        # float32 from libsndfile already scales integer PCM to [-1, 1).
-        data, rate = sf.read(src, dtype="float32", always_2d=True)
-    except (sf.SoundFileError, RuntimeError, TypeError, ValueError) as e:
-        detail = getattr(e, "error_string", None) or str(e)
-        raise AudioError(
-            f"could not decode {name} as audio ({detail}). Supported formats: "
-            f"{_supported_formats()}; convert anything else first, e.g. "
-            "ffmpeg -i input.m4a -ac 1 -ar 16000 output.wav"
-        ) from e
-    return data, float(rate), name
-
-
-# ---------------------------------------------------------------------------------
 # Raw arrays
 
 
 def _is_array_like(audio: object) -> bool:
     # Lists/tuples and objects exposing __array__ (e.g. CPU torch tensors).
     return isinstance(audio, (list, tuple)) or hasattr(audio, "__array__")
+
+
+def _array_to_mono(x: np.ndarray, channel_axis: Optional[int], rate: float,
+                   max_duration: Optional[float]) -> np.ndarray:
+    """Validate a raw PCM array and return it as float32 mono at its own rate."""
+    samples = _array_to_2d(x, channel_axis)
+    seconds = samples.shape[0] / rate
+    if max_duration is not None and seconds > max_duration:
+        raise AudioTooLongError(
+            f"the audio array is {seconds:.1f} s long, more than max_duration={max_duration:g} s; "
+            "cut the recording or raise max_duration", seconds, max_duration)
+    # Averaging keeps the level of correlated channels (a stereo copy of a mono
+    # signal downmixes to itself); a sum could clip.
+    mono = samples[:, 0] if samples.shape[1] == 1 else samples.mean(axis=1, dtype=np.float32)
+    if not np.isfinite(mono).all():
+        bad = int(np.count_nonzero(~np.isfinite(mono)))
+        raise AudioError(
+            f"array contains {bad} NaN or infinite sample(s) (or values beyond float32 range); "
+            "clean the signal first, e.g. np.nan_to_num(x)"
+        )
+    return mono
 
 
 def _array_to_2d(x: np.ndarray, channel_axis: Optional[int]) -> np.ndarray:
@@ -288,4 +252,9 @@ def _check_rate(rate: object, what: str) -> float:
     r = float(rate)
     if not math.isfinite(r) or r <= 0:
         raise AudioError(f"{what} must be a positive number of Hz (e.g. 16000), got {rate!r}")
+    if not MIN_RATE <= r <= MAX_RATE:
+        raise AudioError(
+            f"{what}={rate!r} Hz is not a real audio sample rate; pylfm accepts {MIN_RATE / 1000:g} kHz "
+            f"to {MAX_RATE / 1e6:g} MHz (LFM2-Audio works at 16000)"
+        )
     return r

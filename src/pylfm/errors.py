@@ -9,6 +9,21 @@ class AudioError(PylfmError, ValueError):
     """The audio could not be read or is unusable (not audio, empty, too short, NaN/inf)."""
 
 
+class AudioTooLongError(AudioError):
+    """The audio is longer than the caller's ``max_duration`` (or a server's limit).
+
+    Attributes:
+        duration: the audio's length in seconds when known (from the container header),
+            else None (decoding stopped as soon as the limit was passed).
+        limit: the ``max_duration`` in seconds.
+    """
+
+    def __init__(self, message: str, duration: "float | None" = None, limit: "float | None" = None) -> None:
+        super().__init__(message)
+        self.duration = duration
+        self.limit = limit
+
+
 class ModelLoadError(PylfmError):
     """A GGUF could not be loaded: wrong file, wrong pair, truncated, unsupported."""
 
@@ -37,11 +52,3 @@ class TranscriptionCancelled(PylfmError):
 class TranscriptionTimeout(TranscriptionCancelled, TimeoutError):
     """A transcription did not finish within its ``timeout=``; ``partial`` as above."""
 
-
-class AudioTooLongError(AudioError):
-    """The audio is longer than the caller's ``max_duration`` (or a server's limit)."""
-
-    def __init__(self, message: str, duration: "float | None" = None, limit: "float | None" = None) -> None:
-        super().__init__(message)
-        self.duration = duration
-        self.limit = limit

@@ -3,18 +3,20 @@
 ``inspect_gguf`` describes a file (architecture or projector type, the main
 hyper-parameters, tensor count and types, size); ``format_info`` renders that for
 people; ``check_gguf`` is the quick validation done before handing a file to the
-engine, raising ModelLoadError with a clear message for a missing, foreign or
-truncated file.
+engine, raising ModelLoadError with a clear message for a missing, foreign,
+truncated or corrupt file.
 
 Only the header is parsed (key/values and tensor infos); tensor data is never read.
 A file is truncated when its data section is shorter than its tensors need, which
-the tensor offsets and sizes in the header tell without reading the data.
+the tensor offsets and sizes in the header tell without reading the data. Lengths and
+counts in the header are checked against the file's size before they are used, so a
+corrupt header (a flipped bit in an array length) is an error, never a huge allocation.
 """
 
 from __future__ import annotations
 
 import argparse
-
+import os
 import struct
 from collections import Counter
 from pathlib import Path
@@ -23,6 +25,7 @@ from typing import Any, BinaryIO
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import ModelLoadError
+from .gguf_consistency import check_hparams
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -38,69 +41,133 @@ _SCALARS: dict[int, str] = {
 
 
 class _Truncated(Exception):
-    pass
+    """The header needs more bytes than the file has (cut short, or a corrupt count)."""
+
+
+class _Corrupt(ValueError):
+    """The header has the GGUF magic but values no real file has."""
+
+
+# Bounds far above any real GGUF, so that a corrupt header is rejected before it
+# makes us allocate or loop over what it claims (a flipped bit in a length field).
+_MAX_STRING = 1 << 24  # 16 MiB: chat templates are kilobytes
+_MAX_ARRAY = 1 << 24  # 16 M elements: vocabularies are ~10^5
+_KEEP_ARRAY = 1 << 12  # longer arrays are skipped over and kept as an ArrayInfo
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+# The fewest bytes one entry can take: key/value = key length (8) + type (4) + a 1-byte
+# value; tensor info = name length (8) + n_dims (4) + type (4) + offset (8).
+_MIN_KV_BYTES, _MIN_TENSOR_BYTES = 13, 24
+
+
+class ArrayInfo:
+    """A long metadata array, skipped over while parsing: its element type and length."""
+
+    def __init__(self, vtype: int, length: int) -> None:
+        self.vtype, self.length = vtype, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"<array of {self.length} {GGUFValueType(self.vtype).name.lower()}>"
 
 
 class _Header:
-    """Key/values and tensor infos of a GGUF, parsed from the start of the file."""
+    """Key/values and tensor infos of a GGUF, parsed from the start of the file.
 
-    def __init__(self, f: BinaryIO):
+    Every length and count is checked against the bytes left in the file before it is
+    used, so a corrupt header costs neither memory nor time."""
+
+    def __init__(self, f: BinaryIO, size: int):
         self.f = f
+        self.size = size
+        self.pos = 0
         if f.read(4) != MAGIC:
             raise ValueError("no GGUF magic")
+        self.pos = 4
         (self.version,) = self._unpack("<I")
         if self.version not in (2, 3):
-            raise ValueError(f"unsupported GGUF version {self.version}")
+            raise ValueError(f"GGUF version {self.version}; llama.cpp reads versions 2 and 3")
         n_tensors, n_kv = self._unpack("<QQ")
-        if n_tensors > 10_000_000 or n_kv > 10_000_000:
-            raise ValueError("implausible header counts")
+        if n_tensors * _MIN_TENSOR_BYTES + n_kv * _MIN_KV_BYTES > size - self.pos:
+            raise _Truncated(f"its header declares {n_tensors} tensors and {n_kv} metadata entries, more "
+                             f"than {size} bytes can hold")
         self.kv: dict[str, Any] = {}
         for _ in range(n_kv):
             key = self._string()
             (vtype,) = self._unpack("<I")
-            self.kv[key] = self._value(vtype)
+            self.kv[key] = self._value(vtype, key)
         self.tensors: list[tuple[str, tuple[int, ...], int, int]] = []  # name, ne, type, offset
         for _ in range(n_tensors):
             name = self._string()
             (n_dims,) = self._unpack("<I")
-            if n_dims > 8:
-                raise ValueError(f"tensor {name!r} has {n_dims} dimensions")
+            if not 1 <= n_dims <= _MAX_DIMS:
+                raise _Corrupt(f"tensor {name!r} has {n_dims} dimensions")
             ne = self._unpack("<" + "Q" * n_dims)
             ttype, offset = self._unpack("<IQ")
             self.tensors.append((name, tuple(ne), ttype, offset))
-        alignment = int(self.kv.get("general.alignment", DEFAULT_ALIGNMENT)) or DEFAULT_ALIGNMENT
-        pos = f.tell()
-        self.data_offset = pos + (-pos % alignment)
+        alignment = self.kv.get("general.alignment", DEFAULT_ALIGNMENT)
+        if isinstance(alignment, bool) or not isinstance(alignment, int) or alignment <= 0 \
+                or alignment & (alignment - 1):
+            raise _Corrupt(f"general.alignment is {alignment!r}, not a power of two")
+        self.data_offset = self.pos + (-self.pos % alignment)
 
     def _read(self, n: int) -> bytes:
+        if n > self.size - self.pos:
+            raise _Truncated(self._past_end())
         data = self.f.read(n)
-        if len(data) != n:
-            raise _Truncated()
+        if len(data) != n:  # the file shrank while we read it
+            raise _Truncated(self._past_end())
+        self.pos += n
         return data
+
+    def _past_end(self) -> str:
+        return f"its header runs past the end of the file ({self.size} bytes)"
+
+    def _skip(self, n: int) -> None:
+        if n > self.size - self.pos:
+            raise _Truncated(self._past_end())
+        self.f.seek(n, 1)
+        self.pos += n
 
     def _unpack(self, fmt: str) -> tuple:
         return struct.unpack(fmt, self._read(struct.calcsize(fmt)))
 
-    def _string(self) -> str:
+    def _string_length(self) -> int:
         (n,) = self._unpack("<Q")
-        if n > 1 << 30:
-            raise ValueError("implausible string length")
-        return self._read(n).decode("utf-8", errors="replace")
+        if n > _MAX_STRING:
+            raise _Corrupt(f"a string of {n} bytes in the header")
+        return n
 
-    def _value(self, vtype: int) -> Any:
+    def _string(self) -> str:
+        return self._read(self._string_length()).decode("utf-8", errors="replace")
+
+    def _value(self, vtype: int, key: str) -> Any:
         if vtype in _SCALARS:
             return self._unpack(_SCALARS[vtype])[0]
         if vtype == GGUFValueType.STRING:
             return self._string()
         if vtype == GGUFValueType.ARRAY:
             sub, n = self._unpack("<IQ")
-            if n > 1 << 32:
-                raise ValueError("implausible array length")
+            if n > _MAX_ARRAY:
+                raise _Corrupt(f"{key!r} is an array of {n} elements")
+            if sub == GGUFValueType.ARRAY:
+                raise _Corrupt(f"{key!r} is an array of arrays, which GGUF readers do not support")
             if sub in _SCALARS:
+                itemsize = struct.calcsize(_SCALARS[sub])
+                if n > _KEEP_ARRAY:
+                    self._skip(n * itemsize)
+                    return ArrayInfo(sub, n)
                 fmt = _SCALARS[sub]
-                return list(struct.unpack("<" + fmt[1:] * n, self._read(struct.calcsize(fmt) * n)))
-            return [self._value(sub) for _ in range(n)]
-        raise ValueError(f"unknown value type {vtype}")
+                return list(struct.unpack("<" + fmt[1:] * n, self._read(itemsize * n)))
+            if sub == GGUFValueType.STRING:
+                if n > _KEEP_ARRAY:
+                    for _ in range(n):
+                        self._skip(self._string_length())
+                    return ArrayInfo(sub, n)
+                return [self._string() for _ in range(n)]
+            raise _Corrupt(f"{key!r} is an array of unknown type {sub}")
+        raise _Corrupt(f"{key!r} has an unknown value type {vtype}")
 
 
 def _tensor_nbytes(ne: tuple[int, ...], ttype: int) -> int:
@@ -115,18 +182,20 @@ def _read(path: str | Path) -> tuple[Path, _Header, int]:
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f"{p}: no such GGUF file" + ("" if not p.exists() else " (it is a directory)"))
-    size = p.stat().st_size
     try:
         with open(p, "rb") as f:
-            header = _Header(f)
-    except _Truncated:
-        raise ModelLoadError(f"{p} is truncated: the file ends inside its header ({size} bytes); "
-                             "the download or conversion was interrupted, get the file again") from None
+            size = os.fstat(f.fileno()).st_size
+            header = _Header(f, size)
+    except _Truncated as e:
+        raise ModelLoadError(f"{p} is truncated or corrupt: {e}; the download or conversion was interrupted "
+                             "or the file was damaged, get or convert it again") from None
+    except _Corrupt as e:
+        raise ModelLoadError(f"{p} is a corrupt GGUF: {e}; get or convert the file again") from None
     except (ValueError, KeyError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{p} is not a GGUF model file ({e}); pass a .gguf produced by "
                              "`pylfm convert` or downloaded from a GGUF repository") from None
     except OSError as e:
-        raise ModelLoadError(f"cannot read {p}: {e}") from e
+        raise ModelLoadError(f"cannot read {p}: {e.strerror or e}") from None
     return p, header, size
 
 
@@ -157,7 +226,8 @@ def _kind(kv: dict[str, Any]) -> str:
 
 
 def check_gguf(path: str | Path) -> dict[str, Any]:
-    """Validate a GGUF cheaply before loading it; raise ModelLoadError if it is unusable.
+    """Validate a GGUF cheaply before loading it; raise ModelLoadError if it is unusable
+    (missing, not a GGUF, truncated, or a header whose values disagree with its tensors).
 
     Returns {'kind': 'model'|'mmproj'|'vocoder'|'detokenizer', 'arch', 'projector', 'has_audio': bool,
     'n_embd'}.
@@ -169,6 +239,10 @@ def check_gguf(path: str | Path) -> dict[str, Any]:
             f"{p} is truncated: its tensors need {end} bytes but the file has {size}; the download "
             "or conversion was interrupted, get or convert the file again")
     kv = header.kv
+    try:
+        check_hparams(kv, header.tensors)
+    except ValueError as e:
+        raise ModelLoadError(f"{p} is a corrupt GGUF: {e}; get or convert the file again") from None
     kind = _kind(kv)
     arch = kv.get("general.architecture")
     projector = kv.get("clip.projector_type") or kv.get("clip.audio.projector_type")
@@ -215,6 +289,8 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
     for label, key in keys:
         if prefix + key in kv:
             value = kv[prefix + key]
+            if isinstance(value, ArrayInfo):  # thousands of values: not a hyper-parameter
+                continue
             if isinstance(value, list):  # e.g. per-layer kv heads: 0 marks a conv layer
                 value = max(value) if value else 0
             hparams[label] = value
@@ -236,7 +312,7 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
         "has_audio": bool(kv.get("clip.has_audio_encoder", False)),
         "file_type": kv.get("general.file_type"),
         "hparams": hparams,
-        "n_tokens": len(tokens) if isinstance(tokens, list) else None,
+        "n_tokens": len(tokens) if isinstance(tokens, (list, ArrayInfo)) else None,
         "tensor_count": len(header.tensors),
         "tensor_types": dict(sorted(types.items(), key=lambda kv_: -kv_[1])),
         "n_params": n_params,

@@ -19,7 +19,8 @@ import numpy as np
 
 from . import _core
 from .audio import load_audio
-from .errors import AudioTooLongError, DeviceError, ModelLoadError, PylfmError
+from .device import DEVICES, available_cpus as _available_cpus, check_device as _check_device  # noqa: F401
+from .errors import DeviceError, ModelLoadError, PylfmError
 from .formats import Segment
 from .job import TranscriptionJob
 from .options import TranscribeOptions
@@ -31,7 +32,6 @@ from .scheduler import Scheduler, drain_llama_log as _drain_log
 log = logging.getLogger("pylfm")
 log.addHandler(logging.NullHandler())  # a library stays silent unless the application configures logging
 
-DEVICES = ("auto", "cpu", "gpu", "cuda", "metal", "vulkan", "sycl", "hip")
 # Context per sequence to start with: a 30 s window (~400 prompt tokens) + 512 generated.
 # It grows when a longer window arrives (up to the model's training context).
 _START_CTX_PER_SEQUENCE = 1024
@@ -66,13 +66,12 @@ class Model:
                  n_ctx: Optional[int] = None, quant: str = DEFAULT_QUANT, flash_attn: bool = False,
                  verbose: bool = False) -> None:
         device = _check_device(device)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        _positive_int("batch_size", batch_size)
+        if n_threads is not None:
+            _positive_int("n_threads", n_threads, 0)  # 0: the default
         n_threads = n_threads or _available_cpus()
-        if n_threads < 1:
-            raise ValueError(f"n_threads must be >= 1, got {n_threads}")
-        if n_ctx is not None and n_ctx < 64:
-            raise ValueError(f"n_ctx must be at least 64 tokens per sequence, got {n_ctx}")
+        if n_ctx is not None:
+            _positive_int("n_ctx", n_ctx, 64)
         model_path, mmproj_path = resolve(model, mmproj, quant)
         _check_pair(model_path, mmproj_path)
         _core.set_verbose(verbose)
@@ -191,43 +190,56 @@ class Model:
         others. Inputs are loaded while earlier ones decode, a few at a time."""
         opts = TranscribeOptions(**options)
         outputs: List[Union[Transcription, Exception, None]] = [None] * len(audios)
-        finished: "queue.Queue[Tuple[int, Optional[TranscriptionJob], Optional[Exception]]]" = queue.Queue()
-        bar = _bar(progress, float(len(audios)), unit="file")
-        ahead = 2 * self._engine.n_seq_max  # files loaded and queued beyond the one decoding
-        started = active = 0
+        finished: "queue.Queue[Tuple[int, Union[TranscriptionJob, Exception]]]" = queue.Queue()
+        room = threading.Semaphore(2 * self._engine.n_seq_max)  # files loaded ahead of the decoding
+        stop = threading.Event()
+        jobs: List[TranscriptionJob] = []
 
-        def start(i: int) -> None:
-            try:
-                job = self._job(audios[i], sample_rate, opts, False)
-            except (PylfmError, OSError, ValueError, TypeError) as e:
-                finished.put((i, None, e))
-                return
-            job.on_finished = lambda j, i=i: finished.put((i, j, None))
-            if job.done:  # nothing to decode (silence)
-                finished.put((i, job, None))
-            else:
-                self.scheduler.submit(job)
-
-        try:
-            while started < len(audios) or active:
-                while started < len(audios) and active < ahead:
-                    start(started)
-                    started += 1
-                    active += 1
-                i, job, error = finished.get()
-                active -= 1
-                if job is not None:
-                    try:
-                        outputs[i] = job.result()
-                    except PylfmError as e:
-                        outputs[i] = e
+        def load_all() -> None:
+            # Loading runs beside the decoding, so finished results are handed out at once
+            # (and a Ctrl-C in the caller's thread loses none that were done).
+            for i, audio in enumerate(audios):
+                while not room.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                try:
+                    job = self._job(audio, sample_rate, opts, False)
+                except Exception as e:  # this input's failure, reported in its place
+                    finished.put((i, e))
+                    continue
+                if stop.is_set():  # the caller stopped while this input was loading
+                    return
+                jobs.append(job)
+                job.on_finished = lambda j, i=i: finished.put((i, j))
+                if job.done:  # nothing to decode (silence)
+                    finished.put((i, job))
                 else:
-                    outputs[i] = error
+                    self.scheduler.submit(job)
+
+        loader = threading.Thread(target=load_all, name="pylfm-batch-loader", daemon=True)
+        bar = _bar(progress, float(len(audios)), unit="file")
+        loader.start()
+        try:
+            for _ in range(len(audios)):
+                i, item = finished.get()
+                room.release()
+                try:
+                    outputs[i] = item.result() if isinstance(item, TranscriptionJob) else item
+                except PylfmError as e:
+                    outputs[i] = e
                 if bar is not None:
                     bar.update(1)
                 if on_result is not None:
                     on_result(i, outputs[i])  # type: ignore[arg-type]
         finally:
+            stop.set()
+            # Wait for the input being loaded: native decoders and VAD must not be running
+            # in a thread while the interpreter exits (e.g. after Ctrl-C).
+            loader.join()
+            for job in jobs:
+                job.cancel()  # no-op for finished ones
             if bar is not None:
                 bar.close()
         return outputs  # type: ignore[return-value]
@@ -306,11 +318,7 @@ class Model:
                                 model_name=self.model_path.name, load_ms=self.load_ms, stream=stream)
 
     def _load(self, audio: AudioInput, sample_rate: Optional[int], max_duration: Optional[float] = None) -> np.ndarray:
-        pcm = load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate)
-        if max_duration is not None and len(pcm) > max_duration * self.sample_rate:
-            raise AudioTooLongError(f"the audio is {len(pcm) / self.sample_rate:.1f} s long, more than max_duration="
-                                    f"{max_duration:g} s")
-        return pcm
+        return load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate, max_duration=max_duration)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -356,16 +364,6 @@ def system_info() -> Dict[str, Any]:
     return dict(_core.system_info())
 
 
-def _check_device(device: str) -> str:
-    if not isinstance(device, str):
-        raise DeviceError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
-    d = device.strip().lower()
-    kind, _, index = d.partition(":")
-    if kind not in DEVICES or (index and not index.isdigit()):
-        raise DeviceError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} (optionally ':N', e.g. 'cuda:1')")
-    return d
-
-
 def _check_pair(model_path, mmproj_path) -> None:
     """Cheap checks before llama.cpp sees the files, so a wrong file gives a clear
     error rather than a crash deep inside the loader."""
@@ -394,11 +392,9 @@ def _check_pair(model_path, mmproj_path) -> None:
                              f"dimensions, the model expects {m['n_embd']}; use the mmproj converted with this model")
 
 
-def _available_cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _closing(it: Iterator[Any], bar: Any) -> Iterator[Any]:

@@ -80,6 +80,11 @@ class TranscribeOptions:
             _number(self, "max_segment", 0.2, self.window, "at least 0.2 s and at most window")
         if self.vad not in VAD_METHODS:
             raise ValueError(f"vad must be one of 'silero', 'energy' or None, got {self.vad!r}")
+        if self.vad_options is not None:
+            from .vad import VadOptions
+
+            if not isinstance(self.vad_options, VadOptions):
+                raise TypeError(f"vad_options must be a pylfm.VadOptions or None, got {type(self.vad_options).__name__}")
         if self.loop_guard is not None and not isinstance(self.loop_guard, LoopGuard):
             raise TypeError(f"loop_guard must be a pylfm.LoopGuard or None, got {type(self.loop_guard).__name__}")
         if self.batch_size is not None:

@@ -3,13 +3,32 @@
 Order: explicit arguments, then ``PYLFM_MODEL`` / ``PYLFM_MMPROJ``, then the default
 repository on the hub (downloaded once into huggingface-hub's standard cache).
 ``model`` may be a ``.gguf`` path, a directory holding both GGUFs, or a hub repo id.
+
+Which files, when a folder or a repository holds several (`pick_files`): the official
+repositories hold four GGUFs per quantization, e.g. LiquidAI/LFM2.5-Audio-1.5B-GGUF has
+``LFM2.5-Audio-1.5B-Q8_0.gguf`` (the text model), ``mmproj-LFM2.5-Audio-1.5B-Q8_0.gguf``
+(the audio encoder), and ``vocoder-…`` / ``tokenizer-…`` for speech output;
+LiquidAI/LFM2-Audio-1.5B-GGUF names them ``mmproj-audioencoder-…`` and ``audiodecoder-…``.
+
+1. Roles come from the name: ``mmproj…`` is an audio encoder; ``vocoder-``,
+   ``tokenizer-``, ``audiodecoder-``, ``detokenizer-`` (and any ``…decoder…``) are
+   speech-output files, never used for transcription; the rest are text models. In a
+   local folder the GGUF headers decide between text model and mmproj as well, so files
+   with other names work, and files of other architectures are left out.
+2. The text model: the requested quantization (the last ``-`` part of the name:
+   ``Q8_0``, ``Q4_K_M``, ``F16``, ...), else F16, BF16, Q8_0, F32, in that order. Two
+   different models at the same rank are an error that lists them.
+3. The mmproj: one of the same model (its name minus ``mmproj-`` and
+   ``audioencoder-``), preferring the text model's quantization, then F16, BF16, Q8_0,
+   F32; if no mmproj is named after the model and there is exactly one, that one.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .errors import ModelNotFoundError
 
@@ -35,17 +54,15 @@ def resolve(model: Optional[str | os.PathLike] = None, mmproj: Optional[str | os
 
     path = Path(model).expanduser()
     if path.is_dir():
-        found_model, found_mmproj = pick_files([p.name for p in path.glob("*.gguf")], quant)
+        names = [p.name for p in path.glob("*.gguf")]
+        found_model, found_mmproj = pick_files(names, quant, kinds=_local_kinds(path, names))
         model_path = path / found_model
         mmproj_path = Path(mmproj).expanduser() if mmproj is not None else path / found_mmproj
     elif path.suffix.lower() == ".gguf" or path.exists() or mmproj is not None:
         if not path.is_file():
             raise ModelNotFoundError(f"model file not found: {path}. " + _HOW_TO_PASS_LOCAL)
-        if mmproj is None:
-            raise ModelNotFoundError(
-                f"no mmproj given for {path.name}: LFM2-Audio needs the audio encoder GGUF too "
-                "(mmproj=... or --mmproj, usually named mmproj-<name>-<TYPE>.gguf next to the model)")
-        model_path, mmproj_path = path, Path(mmproj).expanduser()
+        model_path = path
+        mmproj_path = Path(mmproj).expanduser() if mmproj is not None else _mmproj_next_to(path, quant)
     elif _looks_like_repo_id(str(model)):
         return _from_hub(str(model), quant)
     else:
@@ -56,25 +73,115 @@ def resolve(model: Optional[str | os.PathLike] = None, mmproj: Optional[str | os
     return model_path, mmproj_path
 
 
-def pick_files(names: Sequence[str], quant: str = DEFAULT_QUANT) -> Tuple[str, str]:
-    """Chooses the text model and the audio mmproj among GGUF file names, preferring
-    ``quant`` (then F16, then anything) for each; audio *decoder* files are ignored."""
-    ggufs = sorted(n for n in names if n.lower().endswith(".gguf"))
-    mmprojs = [n for n in ggufs if "mmproj" in Path(n).name.lower()]
-    models = [n for n in ggufs if n not in mmprojs and "decoder" not in Path(n).name.lower()]
+# ---------------------------------------------------------------------- choosing files
+_FALLBACK_QUANTS = ("F16", "BF16", "Q8_0", "F32")
+_SPEECH_OUTPUT_PREFIXES = ("vocoder", "tokenizer", "audiodecoder", "detokenizer")
+_MMPROJ_PREFIX = re.compile(r"^mmproj(?:[-_.]audio[-_]?encoder)?[-_.]?", re.IGNORECASE)
+_QUANT = re.compile(r"^(?:[BF]F?(?:16|32|64)|I?Q\d\w*|TQ\d\w*|MXFP4\w*)$", re.IGNORECASE)
+
+
+def role(name: str, kind: Optional[str] = None) -> str:
+    """The role of a GGUF file by its name: "model", "mmproj" or "speech" (speech
+    output). ``kind``, what the file's header says ("model", "mmproj", "other"),
+    overrides the name except for speech-output files."""
+    base = Path(name).name.lower()
+    if base.split("-", 1)[0] in _SPEECH_OUTPUT_PREFIXES or "decoder" in base:
+        return "speech"
+    if kind is not None:
+        return kind
+    return "mmproj" if base.startswith("mmproj") else "model"
+
+
+def split_quant(name: str) -> Tuple[str, Optional[str]]:
+    """(model name, quantization) of a GGUF file name: "LFM2.5-Audio-1.5B-Q8_0.gguf" ->
+    ("lfm2.5-audio-1.5b", "Q8_0"); mmproj names lose their "mmproj-[audioencoder-]"
+    prefix, so a model and its mmproj have the same model name."""
+    stem = Path(name).name
+    if stem.lower().endswith(".gguf"):
+        stem = stem[:-5]
+    stem = _MMPROJ_PREFIX.sub("", stem) if stem.lower().startswith("mmproj") else stem
+    head, sep, tail = stem.rpartition("-")
+    if sep and head and _QUANT.match(tail):
+        return head.lower(), tail.upper()
+    return stem.lower(), None
+
+
+def pick_files(names: Sequence[str], quant: str = DEFAULT_QUANT,
+               kinds: Optional[Dict[str, Optional[str]]] = None) -> Tuple[str, str]:
+    """Chooses the text model and the audio mmproj among GGUF file names (see the module
+    docstring for the rules). ``kinds`` maps names to what their headers say they are
+    ("model", "mmproj", "other"; None when unreadable)."""
+    ggufs = sorted({n for n in names if n.lower().endswith(".gguf")})
+    kinds = kinds or {}
+    roles = {n: role(n, kinds.get(n)) for n in ggufs}
+    models = [n for n in ggufs if roles[n] == "model"]
+    mmprojs = [n for n in ggufs if roles[n] == "mmproj"]
     if not models or not mmprojs:
         raise ModelNotFoundError(
-            f"expected a text-model GGUF and an mmproj-*.gguf, found {list(ggufs) or 'no GGUF files'}. "
+            f"expected a text-model GGUF and an mmproj-*.gguf, found {ggufs or 'no GGUF files'}. "
             + _HOW_TO_PASS_LOCAL)
+    model = _best(models, [quant, *_FALLBACK_QUANTS], "text models")
+    return model, _pick_mmproj(model, mmprojs, quant)
 
-    def prefer(candidates: list) -> str:
-        for q in (quant, "F16", "BF16", "F32"):
-            for n in candidates:
-                if q.lower() in Path(n).name.lower():
-                    return n
+
+def _pick_mmproj(model: str, mmprojs: Sequence[str], quant: str) -> str:
+    base, model_quant = split_quant(model)
+    same = [n for n in mmprojs if split_quant(n)[0] == base]
+    if not same and len(mmprojs) == 1:
+        return mmprojs[0]
+    order = [q for q in (model_quant, quant, *_FALLBACK_QUANTS) if q]
+    return _best(same or list(mmprojs), order, f"mmproj files for {model}")
+
+
+def _best(candidates: Sequence[str], order: Sequence[str], what: str) -> str:
+    """The candidate whose quantization comes first in ``order`` (any quantization after
+    those); more than one different model at that rank is an error."""
+    if len(candidates) == 1:
         return candidates[0]
+    ranks = [q.upper() for q in order]
 
-    return prefer(models), prefer(mmprojs)
+    def rank(n: str) -> int:
+        q = split_quant(n)[1]
+        return ranks.index(q) if q in ranks else len(ranks)
+
+    best = min(rank(n) for n in candidates)
+    tied = [n for n in candidates if rank(n) == best]
+    if len(tied) > 1:
+        raise ModelNotFoundError(
+            f"cannot tell which to use: several {what} fit equally well: {', '.join(tied)}. Pass the files "
+            "themselves (model=..., mmproj=...; CLI: --model/--mmproj).")
+    return tied[0]
+
+
+def _local_kinds(folder: Path, names: Sequence[str]) -> Dict[str, Optional[str]]:
+    """What each GGUF's header says it is: an LFM2 text model, an audio mmproj, or other."""
+    from .errors import ModelLoadError
+    from .gguf_info import check_gguf
+
+    kinds: Dict[str, Optional[str]] = {}
+    for name in names:
+        try:
+            info = check_gguf(folder / name)
+        except ModelLoadError:
+            kinds[name] = None  # unreadable: its name decides, and loading it will say what is wrong
+            continue
+        if info["kind"] == "mmproj":
+            kinds[name] = "mmproj" if info["has_audio"] else "other"
+        else:
+            kinds[name] = "model" if info["arch"] == "lfm2" else "other"
+    return kinds
+
+
+def _mmproj_next_to(model_path: Path, quant: str) -> Path:
+    folder = model_path.parent
+    names = [p.name for p in folder.glob("*.gguf") if p.name != model_path.name]
+    kinds = _local_kinds(folder, names)
+    mmprojs = [n for n in sorted(names) if role(n, kinds.get(n)) == "mmproj"]
+    if not mmprojs:
+        raise ModelNotFoundError(
+            f"no mmproj given for {model_path.name} and none next to it: LFM2-Audio needs the audio encoder "
+            "GGUF too (mmproj=... or --mmproj, usually named mmproj-<name>-<TYPE>.gguf)")
+    return folder / _pick_mmproj(model_path.name, mmprojs, quant)
 
 
 def _looks_like_repo_id(s: str) -> bool:

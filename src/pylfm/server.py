@@ -207,13 +207,8 @@ class _Service:
 
     def decode_audio(self, data: bytes):
         from .audio import load_audio
-        from .errors import AudioTooLongError
 
-        pcm = load_audio(data, target_rate=self.sample_rate)
-        if len(pcm) > self.options.max_duration * self.sample_rate:  # TODO: checked by load_audio itself
-            raise AudioTooLongError(f"{len(pcm) / self.sample_rate:.1f} s, more than this server's limit of "
-                                    f"{self.options.max_duration:g} s (pylfm serve --max-audio-s)")
-        return pcm
+        return load_audio(data, target_rate=self.sample_rate, max_duration=self.options.max_duration)
 
     def record(self, seconds: float) -> None:
         with self._stats_lock:
@@ -356,7 +351,9 @@ def _temperature(value: Optional[str]) -> float:
         t = float(value)
     except ValueError:
         raise APIError(400, f"temperature must be a number, got {value!r}", param="temperature") from None
-    if not (0.0 <= t <= 2.0) or math.isnan(t):
+    if not math.isfinite(t):
+        raise APIError(400, f"temperature must be a finite number between 0 and 2, got {value}", param="temperature")
+    if not 0.0 <= t <= 2.0:
         raise APIError(400, f"temperature must be between 0 and 2, got {value}", param="temperature")
     return t
 
@@ -579,7 +576,9 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
             try:
                 pcm = await loop.run_in_executor(svc.executor, svc.decode_audio, data)
             except AudioTooLongError as e:
-                raise APIError(413, f"{filename or 'the upload'} is too long: {e}", param="file",
+                length = f"{e.duration:.1f} s long" if e.duration is not None else "longer than that"
+                raise APIError(413, f"{filename or 'the upload'} is {length}; this server accepts at most "
+                                    f"{svc.options.max_duration:g} s (pylfm serve --max-audio-s)", param="file",
                                code="audio_too_long") from None
             except (AudioError, ValueError, TypeError) as e:
                 raise APIError(400, f"{filename or 'the upload'} is not usable audio: {e}", param="file",
