@@ -152,7 +152,7 @@ def test_sharded_checkpoint_matches_single_file(tiny_tool, tiny_checkpoint: Path
 # --- accounting ------------------------------------------------------------------------
 
 def test_every_tensor_is_written_or_skipped(tiny_checkpoint: Path, tiny_gguf_f32: ConvertResult) -> None:
-    decisions = plan(tiny_checkpoint)
+    decisions = plan(tiny_checkpoint, with_speech=False)  # speech output: tests/test_speech.py
     sources = set(load_file(tiny_checkpoint / "model.safetensors"))
     assert {d.source for d in decisions} == sources
     assert len(decisions) == len(sources)
@@ -388,12 +388,12 @@ def test_unwritable_outdir(tiny_checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_existing_output_needs_force(tiny_checkpoint: Path, tiny_gguf_f32: ConvertResult, tmp_path: Path) -> None:
-    first = convert(tiny_checkpoint, outdir=tmp_path, outtype="f32", progress=False)
+    first = convert(tiny_checkpoint, outdir=tmp_path, outtype="f32", progress=False, with_speech=False)
     before = file_digest(first.model_path)
     assert before == file_digest(tiny_gguf_f32.model_path)  # the conversion is deterministic
     with pytest.raises(ConversionError, match="already exist.*force"):
-        convert(tiny_checkpoint, outdir=tmp_path, outtype="f32", progress=False)
-    again = convert(tiny_checkpoint, outdir=tmp_path, outtype="f32", force=True, progress=False)
+        convert(tiny_checkpoint, outdir=tmp_path, outtype="f32", progress=False, with_speech=False)
+    again = convert(tiny_checkpoint, outdir=tmp_path, outtype="f32", force=True, progress=False, with_speech=False)
     assert again == first and file_digest(again.model_path) == before
     assert ggufs_in(tmp_path) == sorted([first.model_path, first.mmproj_path])
 

@@ -55,7 +55,8 @@ def test_quantize_bad_input_leaves_nothing(tiny_gguf_f32, tmp_path):
 
 
 def test_commands_convert_quantize_inspect(tiny_checkpoint, tmp_path, capsys):
-    assert cli.main(["convert", str(tiny_checkpoint), "-o", str(tmp_path), "--outtype", "f16", "--quiet"]) == 0
+    assert cli.main(["convert", str(tiny_checkpoint), "-o", str(tmp_path), "--outtype", "f16", "--quiet",
+                     "--no-speech"]) == 0
     model, mmproj = capsys.readouterr().out.split()
     assert model.endswith("tiny-lfm2-audio-F16.gguf") and mmproj.endswith("mmproj-tiny-lfm2-audio-F16.gguf")
     assert cli.main(["convert", str(tiny_checkpoint), "-o", str(tmp_path), "--quiet"]) == 2  # exists, no --force

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Write a deterministic LFM2-Audio checkpoint in liquid-audio 1.3.0's layout.
 
-    python tools/make_tiny_checkpoint.py OUTDIR [--seed N] [--full-size]
+    python tools/make_tiny_checkpoint.py OUTDIR [--seed N] [--full-size] [--no-detokenizer]
 
 The directory holds what a real LiquidAI/LFM2.5-Audio-1.5B download holds for
-ASR: ``config.json`` (sections ``lfm`` / ``encoder`` / ``preprocessor`` /
-``depthformer`` plus the top-level keys of liquid-audio's ``LFM2AudioConfig``),
-``model.safetensors`` (or shards + ``model.safetensors.index.json``) with every
-tensor of ``LFM2AudioModel.state_dict()``, and a byte-level BPE ``tokenizer.json``
-+ ``tokenizer_config.json`` with the LFM2 special tokens at LFM2's ids.
+ASR and speech output: ``config.json`` (sections ``lfm`` / ``encoder`` /
+``preprocessor`` / ``depthformer`` plus the top-level keys of liquid-audio's
+``LFM2AudioConfig``), ``model.safetensors`` (or shards + ``model.safetensors.index.json``)
+with every tensor of ``LFM2AudioModel.state_dict()``, a byte-level BPE ``tokenizer.json``
++ ``tokenizer_config.json`` with the LFM2 special tokens at LFM2's ids, and the LFM2.5
+audio detokenizer in ``audio_detokenizer/`` (``config.json`` + ``model.safetensors``
+with every tensor of liquid-audio's ``LFM2AudioDetokenizer.state_dict()``).
+The main weights do not depend on the detokenizer options (own random stream).
 
 The default is a tiny model (encoder width 512, 8 heads and depthwise kernel 9,
 which llama.cpp's LFM2A graph hard-codes; everything else small). ``--full-size``
@@ -20,7 +23,7 @@ and shapes follow liquid-audio's modules (read for facts, re-derived here):
 ``LFM2AudioModel`` (model/lfm2_audio.py), ``ConformerEncoder`` /
 ``ConvSubsampling`` / ``ConformerLayer`` (model/conformer/), ``MLP``
 (model/mlp.py), the depthformer blocks (model/transformer.py) and transformers'
-``Lfm2Model``.
+``Lfm2Model``, and ``LFM2AudioDetokenizer`` (detokenizer.py).
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ TINY = {
     "backbone_std": 0.3,  # large enough that greedy decoding wanders over many tokens
     "dtype": "float32",
     "shard_bytes": None,
+    # audio detokenizer: liquid-audio hard-codes width 512; the window is smaller than the
+    # real 30 so that it matters within a few frames (6 positions per frame)
+    "detok_layer_types": ["conv", "sliding_attention", "conv"],
+    "detok_heads": 8,
+    "detok_kv_heads": 4,
+    "detok_intermediate": 768,  # -> 512 after LFM2's auto-adjust (multiple_of 256)
+    "detok_vocab": 16,
+    "detok_window": 8,
 }
 
 FULL = {  # LFM2.5-Audio-1.5B
@@ -79,6 +90,13 @@ FULL = {  # LFM2.5-Audio-1.5B
     "backbone_std": 0.02,
     "dtype": "bfloat16",
     "shard_bytes": 2 * 1024**3,
+    "detok_layer_types": ["conv", "conv", "sliding_attention", "conv", "sliding_attention", "conv",
+                          "sliding_attention", "conv"],
+    "detok_heads": 16,
+    "detok_kv_heads": 8,
+    "detok_intermediate": 3456,  # -> 2304 after LFM2's auto-adjust
+    "detok_vocab": 65536,
+    "detok_window": 30,
 }
 
 ENC_D_MODEL = 512  # llama.cpp's LFM2A graph: relative position table width
@@ -316,6 +334,45 @@ def make_config(dims: dict) -> dict:
     }
 
 
+DETOK_WIDTH = 512  # liquid-audio's LFM2AudioDetokenizer hard-codes FusedEmbedding(512) and Linear(512, 1282)
+DETOK_CODEBOOKS = 8
+DETOK_CODES = 2048  # codes per codebook (the end-of-audio code never reaches the detokenizer)
+DETOK_OUTPUT = 1282  # 641 log-magnitudes + 641 phases (n_fft 1280)
+N_FFT = 1280
+
+
+def detokenizer_config(dims: dict) -> dict:
+    """``audio_detokenizer/config.json``: a transformers Lfm2Config, as liquid-audio's
+    processor reads it (``Lfm2Config.from_pretrained``), with ``sliding_attention`` layers,
+    the window and the output width that llama.cpp's converter (Lfm25AudioTokenizer) reads."""
+    return {
+        "architectures": ["Lfm25AudioTokenizer"],
+        "model_type": "lfm2",
+        "vocab_size": dims["detok_vocab"],
+        "hidden_size": DETOK_WIDTH,
+        "intermediate_size": dims["detok_intermediate"],
+        "block_ff_dim": dims["detok_intermediate"],
+        "block_auto_adjust_ff_dim": True,
+        "block_ffn_dim_multiplier": 1.0,
+        "block_multiple_of": 256,
+        "num_hidden_layers": len(dims["detok_layer_types"]),
+        "num_attention_heads": dims["detok_heads"],
+        "num_key_value_heads": dims["detok_kv_heads"],
+        "max_position_embeddings": 128000,
+        "norm_eps": 1e-05,
+        "conv_L_cache": 3,
+        "conv_bias": False,
+        "layer_types": list(dims["detok_layer_types"]),
+        "sliding_window": dims["detok_window"],
+        "output_size": DETOK_OUTPUT,
+        "rope_theta": 1000000.0,
+        "initializer_range": 0.02,
+        "tie_word_embeddings": True,
+        "use_cache": False,
+        "torch_dtype": dims["dtype"],
+    }
+
+
 # --- tensors ----------------------------------------------------------------------
 
 # An initializer gets a seeded generator and the shape and returns the array.
@@ -366,6 +423,23 @@ def token_embeddings(std: float) -> Init:
     return init
 
 
+def boosted(init: Init, rows: dict[int, float]) -> Init:
+    """``init`` with some rows scaled (a larger row norm makes that logit win more often)."""
+    def wrapped(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        table = init(rng, shape)
+        for row, factor in rows.items():
+            table[row] *= np.float32(factor)
+        return table
+    return wrapped
+
+
+# --lively: rows scaled so that greedy decoding of random weights switches modality now and
+# then: <|audio_start|> (128) and <|text_end|> (130) in the text embedding (tied LM head),
+# and the end-of-audio code 2048 of the first codebook. Test-only variant.
+LIVELY_TEXT_ROWS = {128: 100.0, 130: 60.0}  # x the special rows' 0.01/std scale (3x, 2x an ordinary row)
+LIVELY_EOA_FACTOR = 2.2
+
+
 def subsampled(n: int) -> int:
     """Frequency bins left after three stride-2, kernel-3, padding-1 convolutions."""
     for _ in range(3):
@@ -373,14 +447,17 @@ def subsampled(n: int) -> int:
     return n
 
 
-def tensor_specs(config: dict, dims: dict) -> list[Spec]:
+def tensor_specs(config: dict, dims: dict, lively: bool = False) -> list[Spec]:
     """Every tensor of liquid-audio's LFM2AudioModel.state_dict(), in module order."""
     lfm, enc, dep = config["lfm"], config["encoder"], config["depthformer"]
     h, std = lfm["hidden_size"], dims["backbone_std"]
     head_dim = h // lfm["num_attention_heads"]
     kv = lfm["num_key_value_heads"] * head_dim
     ff = lfm_ff_dim(lfm["intermediate_size"], lfm["block_multiple_of"], lfm["block_ffn_dim_multiplier"])
-    specs: list[Spec] = [Spec("lfm.embed_tokens.weight", (lfm["vocab_size"], h), token_embeddings(std))]
+    embed_init = token_embeddings(std)
+    if lively:
+        embed_init = boosted(embed_init, LIVELY_TEXT_ROWS)
+    specs: list[Spec] = [Spec("lfm.embed_tokens.weight", (lfm["vocab_size"], h), embed_init)]
     for i, kind in enumerate(lfm["layer_types"]):
         p = f"lfm.layers.{i}."
         if kind == "conv":
@@ -512,11 +589,73 @@ def tensor_specs(config: dict, dims: dict) -> list[Spec]:
     for i in range(cb):
         p = f"depth_embeddings.{i}."
         tied = p + "embedding.weight" if dep["tie"] else None
+        rows = fan_in(1.0, dd)
+        if lively and i == 0:
+            rows = boosted(rows, {AUDIO_VOCAB - 1: LIVELY_EOA_FACTOR})
         specs += [
-            Spec(p + "embedding.weight", (AUDIO_VOCAB, dd), fan_in(1.0, dd)),
+            Spec(p + "embedding.weight", (AUDIO_VOCAB, dd), rows),
             Spec(p + "embedding_norm.weight", (dd,), around(1.0, 0.1)),
-            Spec(p + "to_logits.weight", (AUDIO_VOCAB, dd), fan_in(1.0, dd), same_as=tied),
+            Spec(p + "to_logits.weight", (AUDIO_VOCAB, dd), rows, same_as=tied),
         ]
+    return specs
+
+
+def detokenizer_specs(config: dict) -> list[Spec]:
+    """Every tensor of liquid-audio's LFM2AudioDetokenizer.state_dict() (detokenizer.py):
+    FusedEmbedding ``emb.emb``, the ``lfm`` Lfm2Model, ``lin`` and the ISTFT window buffer."""
+    h = config["hidden_size"]
+    head_dim = h // config["num_attention_heads"]
+    kv = config["num_key_value_heads"] * head_dim
+    ff = lfm_ff_dim(config["intermediate_size"], config["block_multiple_of"], config["block_ffn_dim_multiplier"])
+    proj = fan_in(1.0, h)
+    specs = [
+        Spec("emb.emb.weight", (DETOK_CODEBOOKS * DETOK_CODES, h), normal(1.0)),  # torch's Embedding init
+        Spec("lfm.embed_tokens.weight", (config["vocab_size"], h), normal(0.02)),  # unused: inputs are embeddings
+    ]
+    for i, kind in enumerate(config["layer_types"]):
+        p = f"lfm.layers.{i}."
+        if kind == "conv":
+            specs += [
+                Spec(p + "conv.conv.weight", (h, 1, config["conv_L_cache"]), normal(0.5)),
+                Spec(p + "conv.in_proj.weight", (3 * h, h), proj),
+                Spec(p + "conv.out_proj.weight", (h, h), proj),
+            ]
+        else:
+            specs += [
+                Spec(p + "self_attn.q_proj.weight", (h, h), proj),
+                Spec(p + "self_attn.k_proj.weight", (kv, h), proj),
+                Spec(p + "self_attn.v_proj.weight", (kv, h), proj),
+                Spec(p + "self_attn.out_proj.weight", (h, h), proj),
+                Spec(p + "self_attn.q_layernorm.weight", (head_dim,), around(1.0, 0.1)),
+                Spec(p + "self_attn.k_layernorm.weight", (head_dim,), around(1.0, 0.1)),
+            ]
+        specs += [
+            Spec(p + "feed_forward.w1.weight", (ff, h), proj),
+            Spec(p + "feed_forward.w3.weight", (ff, h), proj),
+            Spec(p + "feed_forward.w2.weight", (h, ff), fan_in(1.0, ff)),
+            Spec(p + "operator_norm.weight", (h,), around(1.0, 0.1)),
+            Spec(p + "ffn_norm.weight", (h,), around(1.0, 0.1)),
+        ]
+    bins = DETOK_OUTPUT // 2
+
+    def lin_weight(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        w = normal(1.0 / math.sqrt(h))(rng, shape)
+        w[:bins] *= np.float32(0.5)  # log-magnitudes of moderate spread, phases spread wider
+        w[bins:] *= np.float32(2.0)
+        return w
+
+    def lin_bias(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        b = normal(0.1)(rng, shape)
+        b[:bins] -= np.float32(3.0)  # quiet: exp(-3) per bin
+        return b
+
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)  # torch.hann_window (periodic)
+    specs += [
+        Spec("lfm.embedding_norm.weight", (h,), around(1.0, 0.1)),
+        Spec("lin.weight", (DETOK_OUTPUT, h), lin_weight),
+        Spec("lin.bias", (DETOK_OUTPUT,), lin_bias),
+        Spec("istft.window", (N_FFT,), constant(window.astype(np.float32))),
+    ]
     return specs
 
 
@@ -608,12 +747,17 @@ def write_weights(outdir: Path, specs: list[Spec], seed: int, dtype: str, shard_
 # --- entry points -----------------------------------------------------------------
 
 def make_checkpoint(outdir: str | Path, seed: int = 0, full_size: bool = False, *,
-                    dtype: str | None = None, shard_bytes: int | None = None) -> Path:
+                    dtype: str | None = None, shard_bytes: int | None = None,
+                    detokenizer: bool = True, lively: bool = False) -> Path:
     """Write a checkpoint directory and return its path.
 
     ``dtype`` ("float32" or "bfloat16") and ``shard_bytes`` (split the weights into
     shards of about that size, with an index) override the defaults: float32 in one
     file for the tiny model, bfloat16 in 2 GiB shards for ``full_size``.
+    ``detokenizer`` writes the LFM2.5 audio detokenizer (``audio_detokenizer/``) that
+    speech output needs. ``lively`` (tests of speech output) enlarges a few embedding rows
+    so that greedy decoding switches between text and audio: ``<|audio_start|>``,
+    ``<|text_end|>`` and the end-of-audio code come up now and then.
     """
     dims = dict(FULL if full_size else TINY)
     if dtype is not None:
@@ -627,13 +771,27 @@ def make_checkpoint(outdir: str | Path, seed: int = 0, full_size: bool = False, 
     config = make_config(dims)
     (out / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     write_tokenizer(out, TINY["vocab"], seed)  # a small BPE; the converter pads it to vocab_size
-    write_weights(out, tensor_specs(config, dims), seed, dims["dtype"], dims["shard_bytes"])
+    write_weights(out, tensor_specs(config, dims, lively), seed, dims["dtype"], dims["shard_bytes"])
+    if detokenizer:
+        write_detokenizer(out / "audio_detokenizer", dims, seed)
     return out
+
+
+def write_detokenizer(outdir: Path, dims: dict, seed: int) -> Path:
+    """``audio_detokenizer/`` (config.json + model.safetensors), as LiquidAI/LFM2.5-Audio-1.5B
+    ships it next to the model for speech output."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    config = detokenizer_config(dims)
+    (outdir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    # Its own seed stream, so the main weights do not depend on whether it is written.
+    write_weights(outdir, detokenizer_specs(config), seed + 7919, dims["dtype"], None)
+    return outdir
 
 
 def parameter_count(full_size: bool = False) -> int:
     dims = FULL if full_size else TINY
-    return sum(int(np.prod(s.shape, dtype=np.int64)) for s in tensor_specs(make_config(dims), dims))
+    specs = tensor_specs(make_config(dims), dims) + detokenizer_specs(detokenizer_config(dims))
+    return sum(int(np.prod(s.shape, dtype=np.int64)) for s in specs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -642,8 +800,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full-size", action="store_true",
                         help="random weights with the real LFM2.5-Audio-1.5B dimensions (about 3 GB)")
+    parser.add_argument("--no-detokenizer", action="store_true",
+                        help="leave out audio_detokenizer/ (an ASR-only checkpoint)")
+    parser.add_argument("--detokenizer-only", action="store_true",
+                        help="only (re)write audio_detokenizer/ into an existing checkpoint directory")
+    parser.add_argument("--lively", action="store_true",
+                        help="test variant whose greedy decoding switches between text and audio")
     args = parser.parse_args(argv)
-    out = make_checkpoint(args.outdir, seed=args.seed, full_size=args.full_size)
+    if args.detokenizer_only:
+        dims = FULL if args.full_size else TINY
+        out = write_detokenizer(Path(args.outdir) / "audio_detokenizer", dims, args.seed)
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
+    out = make_checkpoint(args.outdir, seed=args.seed, full_size=args.full_size,
+                          detokenizer=not args.no_detokenizer, lively=args.lively)
     print(f"wrote {out} ({parameter_count(args.full_size) / 1e6:.1f} M parameters)", file=sys.stderr)
     return 0
 

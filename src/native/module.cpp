@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "engine.h"
+#include "speech.h"
 
 namespace py = pybind11;
 using namespace pylfm;
@@ -241,4 +242,5 @@ PYBIND11_MODULE(_core, m) {
         return py::make_tuple(py::str(text), py::bytes(buf));
     }, py::arg("data"), py::arg("flush") = true,
        "The engine's byte -> text rule: (valid text, bytes of an unfinished character kept back).");
+    register_speech(m);
 }

@@ -30,6 +30,8 @@ _COMMANDS = {
     "eval": ("pylfm.evaluate", "word and character error rates over a JSONL manifest"),
     "serve": ("pylfm.server", "serve an OpenAI-compatible /v1/audio/transcriptions endpoint"),
     "corpus": ("pylfm.corpus.cli", "transcribe a corpus (files, folders, manifests) with Ray Data, locally or on a cluster"),
+    "speak": ("pylfm.speak_cli", "text to speech (LFM2.5-Audio): write the spoken text to an audio file"),
+    "chat": ("pylfm.chat_cli", "speech-to-speech: answer a spoken (or text) message with text and speech"),
 }
 
 

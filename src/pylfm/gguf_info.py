@@ -212,14 +212,25 @@ def _data_end(header: _Header) -> int:
 
 
 def _kind(kv: dict[str, Any]) -> str:
-    return "mmproj" if kv.get("general.architecture") == "clip" else "model"
+    """model | mmproj | vocoder (speech output's audio head) | detokenizer (its audio detokenizer)."""
+    from .converter.speech import VOCODER_ARCH
+
+    arch = kv.get("general.architecture")
+    if arch == "clip":
+        return "mmproj"
+    if arch == VOCODER_ARCH:
+        return "vocoder"
+    if kv.get("tokenizer.ggml.model") == "none" and kv.get(f"{arch}.embedding_length_out"):
+        return "detokenizer"
+    return "model"
 
 
 def check_gguf(path: str | Path) -> dict[str, Any]:
     """Validate a GGUF cheaply before loading it; raise ModelLoadError if it is unusable
     (missing, not a GGUF, truncated, or a header whose values disagree with its tensors).
 
-    Returns {'kind': 'model'|'mmproj', 'arch', 'projector', 'has_audio': bool, 'n_embd'}.
+    Returns {'kind': 'model'|'mmproj'|'vocoder'|'detokenizer', 'arch', 'projector', 'has_audio': bool,
+    'n_embd'}.
     """
     p, header, size = _read(path)
     end = _data_end(header)
@@ -267,8 +278,10 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
     kv = header.kv
     kind = _kind(kv)
     arch = kv.get("general.architecture")
-    if kind == "model":
+    if kind in ("model", "detokenizer"):
         prefix, keys = f"{arch}.", _TEXT_KEYS
+    elif kind == "vocoder":
+        prefix, keys = "", (("depthformer layers", "depthformer_n_layer"), ("depthformer width", "depthformer_n_embd"))
     else:
         prefix = "clip.audio." if kv.get("clip.has_audio_encoder") else "clip.vision."
         keys = _CLIP_KEYS
@@ -319,8 +332,10 @@ def _human_bytes(n: int) -> str:
 
 def format_info(info: dict[str, Any]) -> str:
     """A human-readable, multi-line description of inspect_gguf()'s result."""
-    what = (f"mmproj, projector {info['projector']}" if info["kind"] == "mmproj"
-            else f"text model, architecture {info['arch']}")
+    what = {"mmproj": f"mmproj, projector {info['projector']}",
+            "vocoder": "speech output: audio head (depthformer, audio embeddings)",
+            "detokenizer": f"speech output: audio detokenizer, architecture {info['arch']}"}.get(
+        info["kind"], f"text model, architecture {info['arch']}")
     lines = [f"{info.get('name') or Path(info['path']).name}: {what}",
              f"  file:     {info['path']} ({_human_bytes(info['file_size'])}"
              + ("" if info.get("complete", True) else ", TRUNCATED") + ")"]

@@ -270,6 +270,43 @@ class Model:
         """The text of one token id (special tokens shown as themselves)."""
         return self._engine.token_piece(int(token), True).decode("utf-8", "replace")
 
+    # ------------------------------------------------------------------ speech output
+    def load_speech(self, vocoder: Optional[Union[str, os.PathLike]] = None,
+                    detokenizer: Optional[Union[str, os.PathLike]] = None) -> None:
+        """Loads speech output (LFM2.5-Audio) on this model's backbone: the audio head
+        ``vocoder-*.gguf`` and the audio detokenizer ``tokenizer-*.gguf`` (default:
+        ``$PYLFM_VOCODER`` / ``$PYLFM_DETOKENIZER``, else found next to the model or in its
+        hub repository). `speak` and `chat` call it on first use."""
+        from .speech import speech_engine
+
+        speech_engine(self, vocoder, detokenizer)
+
+    def speak(self, text: str, **options: Any) -> Any:
+        """Text to speech. Returns a `Speech` (``.audio`` float32 at 24 kHz, ``.save(path)``),
+        or with ``stream=True`` an iterator of float32 audio chunks as frames decode.
+
+        Options: voice ("US female", "US male", "UK female", "UK male"), system (a
+        ``Perform TTS. ...`` prompt instead of a voice), temperature (0.8; 0 = greedy),
+        top_k (64), seed, max_duration (seconds, default 60), stream, progress (a bar on
+        stderr over seconds of speech)."""
+        from .speech import speak
+
+        return speak(self, text, **options)
+
+    def chat(self, audio_or_text: Any, **options: Any) -> Any:
+        """Speech-to-speech (or text-to-speech) answer: returns a `Speech` with ``.text``
+        and ``.audio``, or with ``stream=True`` an iterator of `SpeechChunk` (text and/or
+        audio). ``audio_or_text``: an audio file path, bytes, array (``sample_rate=``), or
+        a text message.
+
+        Options: mode ("interleaved": text and audio in a fixed pattern, lowest latency;
+        "sequential": the model switches modality itself), system, temperature (1.0) and
+        top_k (4) for audio, text_temperature (0 = greedy), seed, max_new_tokens (1024),
+        max_duration, stream, progress, on_text (called with each text piece)."""
+        from .speech import chat
+
+        return chat(self, audio_or_text, **options)
+
     # ------------------------------------------------------------------ internals
     def _job(self, audio: AudioInput, sample_rate: Optional[int], opts: TranscribeOptions,
              stream: bool) -> TranscriptionJob:

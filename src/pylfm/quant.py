@@ -34,6 +34,9 @@ def quantize(src: Union[str, os.PathLike], dst: Union[str, os.PathLike], qtype: 
     if src.resolve() == dst.resolve():
         raise ConversionError("source and destination are the same file")
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if info["kind"] == "vocoder":
+        raise ConversionError(f"{src} is a speech vocoder GGUF; make another type from the checkpoint: "
+                              f"pylfm convert CHECKPOINT --speech-only --speech-outtype {qtype.lower()}")
     if info["kind"] == "mmproj":
         if qtype not in MMPROJ_TYPES:
             raise ConversionError(f"mmproj files can be {', '.join(MMPROJ_TYPES)}, not {qtype}")

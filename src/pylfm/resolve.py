@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from .errors import ModelNotFoundError
 
@@ -234,3 +234,87 @@ def _cached_files(repo_id: str, quant: str) -> Optional[Tuple[Path, Path]]:
         return folder / model_name, folder / mmproj_name
     except Exception:
         return None
+
+
+# ---------------------------------------------------------------------- speech output
+_QUANT_TAGS = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K_M", "Q4_K_S", "Q5_K_M", "Q6_K", "F16", "BF16", "F32")
+
+
+def _quant_tag(name: str) -> Optional[str]:
+    upper = Path(name).stem.upper()
+    for tag in sorted(_QUANT_TAGS, key=len, reverse=True):
+        if upper.endswith("-" + tag) or upper.endswith("_" + tag) or upper.endswith("." + tag):
+            return tag
+    return None
+
+
+def _pick_speech(names: Sequence[str], prefix: str, quant: Optional[str]) -> Optional[str]:
+    found = sorted(n for n in names if Path(n).name.lower().startswith(prefix) and n.lower().endswith(".gguf"))
+    for q in (quant, "F16", "BF16", "F32"):
+        for n in found:
+            if q and _quant_tag(n) == q:
+                return n
+    return found[0] if found else None
+
+
+def speech_files(model_path: Union[str, os.PathLike], vocoder: Optional[Union[str, os.PathLike]] = None,
+                 detokenizer: Optional[Union[str, os.PathLike]] = None) -> Tuple[Path, Path]:
+    """The two speech-output GGUFs for a text model: ``vocoder-*.gguf`` (audio head) and
+    ``tokenizer-*.gguf`` (audio detokenizer).
+
+    Order: explicit arguments, ``$PYLFM_VOCODER`` / ``$PYLFM_DETOKENIZER``, files next to
+    the model (the model's quantization preferred, then F16, BF16, F32, then any), then,
+    for a model downloaded from the hub, the same repository.
+    """
+    model_path = Path(model_path)
+    vocoder = vocoder if vocoder is not None else os.environ.get("PYLFM_VOCODER") or None
+    detokenizer = detokenizer if detokenizer is not None else os.environ.get("PYLFM_DETOKENIZER") or None
+    quant = _quant_tag(model_path.name)
+    names = [p.name for p in model_path.parent.glob("*.gguf")] if model_path.parent.is_dir() else []
+    voc = Path(vocoder).expanduser() if vocoder is not None else None
+    det = Path(detokenizer).expanduser() if detokenizer is not None else None
+    if voc is None and (n := _pick_speech(names, "vocoder", quant)):
+        voc = model_path.parent / n
+    if det is None and (n := _pick_speech(names, "tokenizer", quant)):
+        det = model_path.parent / n
+    if (voc is None or det is None) and _hub_repo_of(model_path):
+        voc, det = _speech_from_hub(_hub_repo_of(model_path), quant, voc, det)  # type: ignore[arg-type]
+    for path, what, prefix in ((voc, "vocoder", "vocoder"), (det, "detokenizer", "tokenizer")):
+        if path is None:
+            raise ModelNotFoundError(
+                f"no speech-output GGUFs for {model_path.name}: expected {prefix}-*.gguf next to it in "
+                f"{model_path.parent}. LiquidAI/LFM2.5-Audio-1.5B-GGUF ships vocoder-*.gguf and tokenizer-*.gguf; "
+                "`pylfm convert --with-speech CHECKPOINT_DIR` writes them; or pass them: "
+                "model.load_speech(vocoder=..., detokenizer=...) (CLI: --vocoder/--detokenizer), or set "
+                "PYLFM_VOCODER and PYLFM_DETOKENIZER")
+        if not path.is_file():
+            raise ModelNotFoundError(f"{what} file not found: {path}")
+    return voc, det  # type: ignore[return-value]
+
+
+def _hub_repo_of(path: Path) -> Optional[str]:
+    """``Org/Name`` for a file in huggingface-hub's cache (models--Org--Name/snapshots/<rev>/)."""
+    parts = path.absolute().parts  # not resolved: cache snapshots are symlinks into blobs/
+    for i in range(len(parts) - 2):
+        if parts[i].startswith("models--") and parts[i + 1] == "snapshots":
+            return "/".join(parts[i][len("models--"):].split("--", 1))
+    return None
+
+
+def _speech_from_hub(repo_id: str, quant: Optional[str], voc: Optional[Path],
+                     det: Optional[Path]) -> Tuple[Optional[Path], Optional[Path]]:
+    try:
+        from huggingface_hub import hf_hub_download, list_repo_files
+
+        _check_reachable()
+        names = list_repo_files(repo_id)
+    except Exception as e:  # offline, unreachable: say so below
+        raise ModelNotFoundError(
+            f"the speech-output GGUFs are not in the local copy of {repo_id} and the hub cannot be reached "
+            f"({type(e).__name__}); download vocoder-*.gguf and tokenizer-*.gguf from {repo_id} and pass them "
+            "with model.load_speech(vocoder=..., detokenizer=...)") from e
+    if voc is None and (n := _pick_speech(names, "vocoder", quant)):
+        voc = Path(hf_hub_download(repo_id, n))
+    if det is None and (n := _pick_speech(names, "tokenizer", quant)):
+        det = Path(hf_hub_download(repo_id, n))
+    return voc, det

@@ -1,10 +1,12 @@
-"""``pylfm convert CHECKPOINT_DIR [--outtype f16] [--outdir D] [--name N] [--force]``"""
+"""``pylfm convert CHECKPOINT_DIR [--outtype f16] [--outdir D] [--name N] [--force]
+[--with-speech | --no-speech | --speech-only] [--speech-outtype T]``"""
 
 from __future__ import annotations
 
 import argparse
 
-from . import OUTTYPES, convert, plan
+from . import OUTTYPES, convert, convert_speech, plan
+from .speech import SPEECH_OUTTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,15 +17,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.add_argument("--plan", action="store_true", help="only list what happens to each tensor")
+    speech = parser.add_mutually_exclusive_group()
+    speech.add_argument("--with-speech", dest="speech", action="store_const", const=True, default=None,
+                        help="also write vocoder-*.gguf and tokenizer-*.gguf for speech output (default: when "
+                             "the checkpoint has audio_detokenizer/)")
+    speech.add_argument("--no-speech", dest="speech", action="store_const", const=False,
+                        help="only the ASR GGUFs (model + mmproj)")
+    speech.add_argument("--speech-only", dest="speech", action="store_const", const="only",
+                        help="only the two speech-output GGUFs")
+    parser.add_argument("--speech-outtype", choices=list(SPEECH_OUTTYPES), default=None,
+                        help="type of the speech GGUFs (default: --outtype; q4_0 allowed)")
 
 
 def main(args: argparse.Namespace) -> int:
+    speech = getattr(args, "speech", None)
     if args.plan:
-        for d in plan(args.checkpoint, args.outtype):
-            print(f"{d.action:7} {d.source}: {d.reason}")
+        for d in plan(args.checkpoint, args.outtype, with_speech=None if speech == "only" else speech):
+            print(f"{d.action:9} {d.source}: {d.reason}")
         return 0
-    result = convert(args.checkpoint, outdir=args.outdir, outtype=args.outtype, name=args.name,
-                     force=args.force, progress=not args.quiet)
-    print(result.model_path)
-    print(result.mmproj_path)
+    if speech == "only":
+        result = convert_speech(args.checkpoint, outdir=args.outdir, outtype=args.speech_outtype or args.outtype,
+                                name=args.name, force=args.force, progress=not args.quiet)
+    else:
+        result = convert(args.checkpoint, outdir=args.outdir, outtype=args.outtype, name=args.name,
+                         force=args.force, progress=not args.quiet, with_speech=speech,
+                         speech_outtype=args.speech_outtype)
+    for path in (result.model_path, result.mmproj_path, result.vocoder_path, result.tokenizer_path):
+        if path is not None:
+            print(path)
     return 0
