@@ -156,7 +156,7 @@ class _Service:
                  max_prompt_tokens: int, vad: Optional[str], fixed_tokens: Optional[int] = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from .options import TranscribeOptions
+        from ..options import TranscribeOptions
 
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -206,7 +206,7 @@ class _Service:
         return options
 
     def decode_audio(self, data: bytes):
-        from .audio import load_audio
+        from ..audio import load_audio
 
         return load_audio(data, target_rate=self.sample_rate, max_duration=self.options.max_duration)
 
@@ -480,9 +480,9 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    from . import __version__
-    from .errors import AudioError, AudioTooLongError, PylfmError, TranscriptionCancelled
-    from .formats import to_srt, to_vtt
+    from .. import __version__
+    from ..errors import AudioError, AudioTooLongError, PylfmError, TranscriptionCancelled
+    from ..formats import to_srt, to_vtt
 
     svc = _Service(model, api_key=api_key, max_upload_mib=max_upload_mib, queue_size=queue_size,
                    model_name=model_name, max_new_tokens=max_new_tokens, window=window, max_cue=max_cue,
@@ -748,8 +748,8 @@ def add_speech_routes(app: Any, svc: _Service) -> None:
     from fastapi import Request
     from fastapi.responses import Response, StreamingResponse
 
-    from .errors import ModelLoadError, PylfmError
-    from .speech import AUDIO_FORMATS, SAMPLE_RATE, SpeechError, encode_audio, tts_system_prompt
+    from ..errors import ModelLoadError, PylfmError
+    from ..speech import AUDIO_FORMATS, SAMPLE_RATE, SpeechError, encode_audio, tts_system_prompt
 
     def field_error(message: str, param: str) -> APIError:
         return APIError(400, message, param=param)
@@ -909,7 +909,7 @@ def add_speech_routes(app: Any, svc: _Service) -> None:
 
 # ---------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_model_arguments
+    from ..cli import add_model_arguments
 
     add_model_arguments(p)
     g = p.add_argument_group("server")
@@ -967,8 +967,8 @@ def _is_loopback(host: str) -> bool:
 def main(args: argparse.Namespace) -> int:
     import os
 
-    from .cli import load_model
-    from .errors import PylfmError
+    from ..cli import load_model
+    from ..errors import PylfmError
 
     try:
         import fastapi  # noqa: F401
