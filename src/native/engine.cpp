@@ -386,6 +386,15 @@ void Engine::finish(Slot& s, const char* reason, std::vector<Event>& events) {
     release(s);
 }
 
+// Frees the slots of cancelled requests, so their slots go to waiting work at once.
+void Engine::sweep_cancelled(std::vector<Event>& events) {
+    for (auto& sp : slots_)
+        if (sp->active && sp->cancel && sp->cancel->set.load()) finish(*sp, "cancelled", events);
+}
+
+// Admits at most one request into a free slot (encode, prefill, first sample): the loop
+// alternates admissions with decode steps, so active sequences keep advancing while a
+// queue of new windows is taken in, and a cancel is seen after at most one admission.
 void Engine::admit(std::vector<Event>& events) {
     while (true) {
         Slot* slot = nullptr;
@@ -466,6 +475,7 @@ void Engine::admit(std::vector<Event>& events) {
             events.push_back({Event::Error, s.id, e.what(), nullptr});
             release(s);
         }
+        return;
     }
 }
 
@@ -504,6 +514,10 @@ void Engine::step(std::vector<Event>& events) {
         }
         return;
     }
+    n_decode_steps_.fetch_add(1);
+    n_decode_rows_.fetch_add(static_cast<int64_t>(rows.size()));
+    for (int64_t m = max_decode_rows_.load(); static_cast<int64_t>(rows.size()) > m;)
+        if (max_decode_rows_.compare_exchange_weak(m, static_cast<int64_t>(rows.size()))) break;
     for (size_t r = 0; r < rows.size(); ++r) sample(*rows[r], static_cast<int>(r));
     double share = ms_since(t0) / static_cast<double>(rows.size());  // the step's time, split evenly
     for (Slot* s : rows) s->result->decode_ms += share;
@@ -524,6 +538,7 @@ void Engine::run(const EventSink& sink) {
         }
         {
             std::lock_guard<std::mutex> lock(mu_);
+            sweep_cancelled(events);
             admit(events);
         }
         deliver();

@@ -3,9 +3,9 @@
 //
 // Scheduling model (continuous batching): the context has `n_seq_max` sequence slots.
 // Requests are submitted from any thread into a FIFO; the loop (`run`, one thread)
-// admits the head of the FIFO into a free slot as soon as one frees (encode the audio,
-// prefill the prompt, sample the first token), then advances every active sequence
-// with one llama_decode per step. Finished, failed and cancelled sequences free their
+// alternates: admit the head of the FIFO into a free slot (encode the audio, prefill the
+// prompt, sample the first token), then advance every active sequence with one
+// llama_decode. Finished, failed and cancelled sequences free their
 // slot at once, so a short request never waits for a long one. Which request to submit
 // next is Python's decision (pylfm/scheduler.py); this loop only runs them.
 //
@@ -131,6 +131,10 @@ public:
     bool flash_attn() const { return flash_attn_; }
     PlacementRecorder& placement() { return placement_; }  // where ops ran (PYLFM_RECORD_PLACEMENT=1)
 
+    // ---- counters of the generation loop (since load): how much batching really happened
+    struct Stats { int64_t decode_steps, decode_rows, max_rows; };
+    Stats stats() const { return {n_decode_steps_.load(), n_decode_rows_.load(), max_decode_rows_.load()}; }
+
 private:
     struct Slot;
     struct Pending;
@@ -140,6 +144,7 @@ private:
     ChunksPtr tokenize(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio);
     void prefill(const mtmd_input_chunks* chunks, Slot& s);
     void admit(std::vector<Event>& events);
+    void sweep_cancelled(std::vector<Event>& events);
     void step(std::vector<Event>& events);
     void finish(Slot& s, const char* reason, std::vector<Event>& events);
     void release(Slot& s);
@@ -173,6 +178,7 @@ private:
     std::deque<Request> queue_;
     bool stop_ = false;
     std::atomic<int> n_active_{0};
+    std::atomic<int64_t> n_decode_steps_{0}, n_decode_rows_{0}, max_decode_rows_{0};
 };
 
 }  // namespace pylfm

@@ -163,6 +163,16 @@ PYBIND11_MODULE(_core, m) {
              "{phase: {op: {buffer: count}}} of the graphs computed so far (PYLFM_RECORD_PLACEMENT=1), phases "
              "encode/prefill/decode; the buffer names the backend (CPU, CUDA0, ...).")
         .def("clear_placement", [](Engine& e) { e.placement().clear(); })
+        .def("stats", [](const Engine& e) {
+                 auto st = e.stats();
+                 py::dict d;
+                 d["decode_steps"] = st.decode_steps;
+                 d["decode_rows"] = st.decode_rows;
+                 d["max_rows"] = st.max_rows;
+                 return d;
+             },
+             "Generation-loop counters since load: llama_decode steps, sequence rows they advanced, and the "
+             "most rows in one step (how many sequences really decoded together).")
         .def("count_tokens", &Engine::count_tokens, py::arg("text"), py::arg("special") = false)
         .def("submit", [](Engine& e, uint64_t id, const py::list& parts, const py::list& audio, const SamplingParams& params,
                           std::shared_ptr<CancelFlag> cancel) {
