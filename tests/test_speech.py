@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -266,10 +264,43 @@ def test_stream_concatenates_to_the_non_streamed_waveform(model):
 
 
 def test_closing_the_stream_stops_generation(model):
-    it = model.speak("Stop me early.", temperature=0, max_duration=30.0, stream=True)
-    first = next(it)
-    assert len(first) > 0
+    """Closing a speech stream sets the engine's cancel flag; the engine stops at its next
+    frame (at most one more after the flag), and the model serves the next request."""
+    from pylfm import speech as sp
+
+    counts = {"events": 0, "at_cancel": None}
+
+    class CountingEngine:  # the real speech engine, its events counted as the engine emits them
+        def __init__(self, real):
+            self.real = real
+
+        def generate(self, parts, audio, params, on_event, cancel):
+            def counted(*event):
+                counts["events"] += 1
+                on_event(*event)
+            return self.real.generate(parts, audio, params, counted, cancel.real)
+
+    class RecordingFlag:
+        def __init__(self, real):
+            self.real = real
+
+        def set(self):
+            if counts["at_cancel"] is None:
+                counts["at_cancel"] = counts["events"]
+            self.real.set()
+
+    parts = prompt_parts(sp.tts_system_prompt("US female"), "Stop me early.", n_audio=0) + [("<|audio_start|>", True)]
+    params = _params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=True, max_new_tokens=400,
+                     max_audio_frames=375, audio_temperature=0.0, audio_top_k=1, seed=0)
+    run = sp._Run(model, parts, [], params)
+    run.engine, run.cancel = CountingEngine(run.engine), RecordingFlag(run.cancel)
+    it = run.chunks()
+    got = [next(it) for _ in range(3)]
+    assert all(len(c.audio) or c.text == "" for c in got)
     it.close()  # cancels and waits for the engine
+    assert run.result["stop_reason"] == "cancelled"
+    assert counts["at_cancel"] is not None and counts["events"] <= counts["at_cancel"] + 1
+    assert len(run.result["codes"]) < 375
     assert 1 <= len(model.speak("Still working.", temperature=0, max_duration=0.2).codes) <= 3
 
 
