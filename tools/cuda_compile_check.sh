@@ -7,9 +7,10 @@
 #   TOOLKIT=... VENV=... override W/toolkit and W/venv
 #
 # 1. toolkit: tools/cuda_toolkit_from_pypi.sh (nvcc, runtime, cuBLAS, a link-time driver stub)
-# 2. build (nice 19, logged to W/build.log, timed): in a fresh venv,
+# 2. build (nice 19, logged to W/build.log, timed): in a fresh venv, the README's two steps
 #      CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90" \
-#        pip install --no-cache-dir --force-reinstall llama-cpp-python==0.3.36 ".[test]"
+#        pip install --no-cache-dir --force-reinstall llama-cpp-python==0.3.36
+#      pip install --no-build-isolation ".[test]"
 #    It compiles llama.cpp with ggml-cuda: on 2 shared cores, hours; on 16, minutes.
 # 3. links: libggml-cuda.so holds sm_90 device code; every symbol it and pylfm's extension
 #    need resolves (ldd -r); pylfm._core loads the venv's CUDA-enabled libllama/libggml.
@@ -39,8 +40,13 @@ if [[ -z "${CHECK_ONLY:-}" ]]; then
   (
     cd "$ROOT"
     export CUDAToolkit_ROOT="$TOOLKIT" CUDACXX="$TOOLKIT/bin/nvcc" CMAKE_BUILD_PARALLEL_LEVEL=${JOBS:-2}
+    # The README's two-step form: llama.cpp is compiled once (with ggml-cuda), then pylfm
+    # is built against it without build isolation (the one-line form would compile
+    # llama.cpp a second time inside pylfm's isolated build environment).
+    "$PY" -m pip install scikit-build-core pybind11 &&
     CMAKE_ARGS="-DGGML_CUDA=on -DCMAKE_CUDA_ARCHITECTURES=90" nice -n 19 \
-      "$PY" -m pip install -v --no-cache-dir --force-reinstall llama-cpp-python==0.3.36 ".[test]"
+      "$PY" -m pip install -v --no-cache-dir --force-reinstall llama-cpp-python==0.3.36 &&
+    nice -n 19 "$PY" -m pip install -v --no-build-isolation ".[test]"
   ) > "$W/build.log" 2>&1
   rc=$?
   say "build exit $rc after $(( (SECONDS - t0) / 60 )) min"
