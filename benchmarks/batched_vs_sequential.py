@@ -30,15 +30,17 @@ RATE = 16000
 
 
 def measure(model: pylfm.Model, audio: np.ndarray, batch_size: int, tokens: int, repeat: int) -> dict:
-    """Median over ``repeat`` runs after one untimed run of the same call (the first call
-    of a shape pays llama.cpp's buffer allocation)."""
+    """Median over ``repeat`` runs after one untimed run on the first minute (the first
+    call of a shape pays llama.cpp's buffer allocation)."""
     def run():
         t0 = time.perf_counter()
         r = model.transcribe(audio, sample_rate=RATE, max_new_tokens=tokens, ignore_eos=True, batch_size=batch_size,
                              vad="energy", loop_guard=None)  # energy: the synthetic signal's tones are not speech to Silero
         return time.perf_counter() - t0, r
 
-    run()
+    warm = audio[: 60 * RATE]  # same window shapes, a fraction of the time
+    model.transcribe(warm, sample_rate=RATE, max_new_tokens=tokens, ignore_eos=True, batch_size=batch_size,
+                     vad="energy", loop_guard=None)
     walls, r = [], None
     for _ in range(repeat):
         wall, r = run()
@@ -54,6 +56,26 @@ def measure(model: pylfm.Model, audio: np.ndarray, batch_size: int, tokens: int,
             "shares": {k: round(v / walls[-1], 3) for k, v in stages.items()}}
 
 
+def prefill_probe(model: pylfm.Model, seconds=(5, 10, 30, 60, 120)) -> list:
+    """Would batching prefill (or audio encoding) across sequences pay? One window of each
+    length, decoded alone: the encoder's ms per audio second and the prefill's tokens/s,
+    with n_audio rows per llama_decode (up to the engine's 512-row batch). If throughput
+    grows with rows, putting several sequences' prompts in one llama_decode would raise
+    it; if it is flat, the hardware is already saturated by one sequence's prompt."""
+    out = []
+    for sec in seconds:
+        audio = synth_audio(sec, RATE, seed=7)
+        kw = dict(sample_rate=RATE, max_new_tokens=1, ignore_eos=True, batch_size=1, vad=None, loop_guard=None,
+                  window=max(sec, 30))
+        model.transcribe(audio, **kw)  # this shape's buffers
+        r = model.transcribe(audio, **kw)
+        t = r.timings
+        out.append({"seconds": sec, "audio_tokens": r.n_audio_tokens, "prompt_tokens": r.n_prompt_tokens,
+                    "encode_ms_per_audio_s": round(t.encode_ms / sec, 1),
+                    "prefill_tokens_per_s": round(r.n_prompt_tokens / (t.prefill_ms / 1e3), 1)})
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
@@ -64,6 +86,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--repeat", type=int, default=1, help="timed runs per mode (median reported)")
+    p.add_argument("--prefill-probe", action="store_true",
+                   help="also measure encode and prefill throughput against window length (one sequence)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     model = pylfm.Model(a.model, a.mmproj, device=a.device, n_threads=a.threads, batch_size=a.batch_size)
@@ -71,7 +95,10 @@ def main() -> None:
     seq = measure(model, audio, 1, a.tokens, a.repeat)
     bat = measure(model, audio, a.batch_size, a.tokens, a.repeat)
     out = {"model": a.model, "device": model.device, "threads": model.n_threads, "minutes": a.minutes,
-           "sequential": seq, "batched": bat, "speedup": round(bat["audio_s_per_s"] / seq["audio_s_per_s"], 2)}
+           "tokens_per_window": a.tokens, "sequential": seq, "batched": bat,
+           "speedup": round(bat["audio_s_per_s"] / seq["audio_s_per_s"], 2)}
+    if a.prefill_probe:
+        out["prefill_probe"] = prefill_probe(model)
     if a.json:
         print(json.dumps(out, indent=2))
         return
@@ -82,6 +109,9 @@ def main() -> None:
         print(f"  {name:18s} {r['wall_s']:8.2f} s  {r['audio_s_per_s']:8.2f} audio s/s  "
               f"decode {r['decode_tokens_per_s']:8.1f} tok/s  ({shares})")
     print(f"  speedup: {out['speedup']:.2f}x")
+    for row in out.get("prefill_probe", []):
+        print(f"  one {row['seconds']:>4} s window: {row['prompt_tokens']:5d} prompt tokens, encode "
+              f"{row['encode_ms_per_audio_s']:6.1f} ms per audio s, prefill {row['prefill_tokens_per_s']:7.1f} tok/s")
 
 
 if __name__ == "__main__":
