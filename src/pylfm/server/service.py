@@ -1,0 +1,113 @@
+"""What the routes share: the model, the worker threads, admission (``--queue``) and
+the settings every request is checked against."""
+
+import math
+import threading
+import time
+from typing import Any, Optional
+
+from .errors import APIError
+from .forms import MIB
+
+DEFAULT_MODEL_NAME = "lfm2-audio"
+DEFAULT_MAX_AUDIO_S = 3600.0
+DEFAULT_MAX_PROMPT_TOKENS = 1024
+
+
+class Slots:
+    """Admission control: at most ``capacity`` requests admitted at once."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._n >= self.capacity:
+                return False
+            self._n += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._n -= 1
+
+    @property
+    def in_use(self) -> int:
+        return self._n
+
+
+class Service:
+    """The state behind the routes (``app.state.pylfm``): the shared `pylfm.Model`, a
+    thread pool for blocking work, admission, request statistics and the settings.
+    ``options`` holds the `TranscribeOptions` every transcription starts from."""
+
+    def __init__(self, model: Any, *, api_key: Optional[str], max_upload_mib: float, queue_size: int,
+                 model_name: str, max_new_tokens: int, window: float, max_cue: float, max_audio_s: float,
+                 max_prompt_tokens: int, vad: Optional[str], fixed_tokens: Optional[int] = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ..options import TranscribeOptions
+
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        if not max_upload_mib > 0:
+            raise ValueError(f"max_upload_mib must be > 0, got {max_upload_mib}")
+        if not max_audio_s > 0:
+            raise ValueError(f"max_audio_s must be > 0, got {max_audio_s}")
+        if max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+        # Validated once here, so a bad setting fails at start-up rather than per request.
+        self.options = TranscribeOptions(max_new_tokens=max_new_tokens, window=window, vad=vad, max_duration=max_audio_s)
+        if fixed_tokens is not None:  # benchmarks: the same work for every request
+            self.options = TranscribeOptions(max_new_tokens=fixed_tokens, ignore_eos=True, loop_guard=None, window=window,
+                                             vad=vad, max_duration=max_audio_s)
+        TranscribeOptions(window=window, max_segment=min(max_cue, window))
+        self.model = model
+        self.api_key = api_key or None
+        self.max_upload_bytes = int(max_upload_mib * MIB)
+        self.model_name = model_name
+        self.max_cue = min(float(max_cue), float(window))
+        self.max_prompt_tokens = int(max_prompt_tokens)
+        self.sample_rate = int(model.sample_rate)
+        self.slots = Slots(queue_size)
+        # One thread per admitted request is enough: a request uses one at a time.
+        self.executor = ThreadPoolExecutor(max_workers=queue_size, thread_name_prefix="pylfm-serve")
+        self.created = int(time.time())
+        self.jobs: "set[Any]" = set()
+        self._stats_lock = threading.Lock()
+        self._mean_s = 1.0  # moving average of a request's time in the engine, for Retry-After
+        self.served = 0
+
+    def admit(self) -> None:
+        """Takes an admission slot, or raises the 503 (with ``Retry-After``) when all are
+        taken. The caller must `Slots.release` it when the request ends."""
+        if not self.slots.try_acquire():
+            raise APIError(503, f"the server is busy ({self.slots.capacity} requests admitted); retry later",
+                           type="server_error", code="server_busy", headers={"Retry-After": str(self.retry_after())})
+
+    def decode_audio(self, data: bytes):
+        """The upload as float32 mono PCM at the model's rate (blocking: run it in
+        ``executor``); at most ``--max-audio-s`` long (`AudioTooLongError` past it)."""
+        from ..audio import load_audio
+
+        return load_audio(data, target_rate=self.sample_rate, max_duration=self.options.max_duration)
+
+    def record(self, seconds: float) -> None:
+        with self._stats_lock:
+            self._mean_s = 0.8 * self._mean_s + 0.2 * seconds
+            self.served += 1
+
+    def retry_after(self) -> int:
+        """Seconds until a place is likely free: the requests ahead over the engine's
+        parallel slots, times the usual request."""
+        with self._stats_lock:
+            mean = self._mean_s
+        slots = max(1, getattr(self.model, "batch_size", 1))
+        return max(1, min(60, math.ceil(mean * self.slots.in_use / slots)))
+
+    def shutdown(self) -> None:
+        for job in list(self.jobs):
+            job.cancel()
+        self.executor.shutdown(wait=False, cancel_futures=True)
