@@ -1,5 +1,6 @@
 """Silero VAD, the default detector, on real speech: tests/fixtures/speech_espeak.flac (three
-espeak-ng sentences with known times, made by tools/make_speech_fixture.py)."""
+espeak-ng sentences with known times, made by tools/make_speech_fixture.py); at the end,
+the planned windows through the tiny model: the default detector and subtitle cues."""
 
 import json
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import pylfm
+from pylfm import formats
 from pylfm.audio import load_audio
 from pylfm.vad import VadOptions, plan_windows, silero, speech_regions
 
@@ -59,9 +62,10 @@ def test_short_recording_is_one_window(speech):
     assert plan_windows(x, SR, vad="energy") == [(0, len(x))]
 
 
-@pytest.fixture(scope="module")
-def long_recording(speech):
-    """The three sentences six times over, with pauses of 0.15-3 s: 67 s."""
+def repeated_sentences(speech, tone_s=0.0):
+    """The three sentences six times over, with pauses of 0.15-3 s, in white noise at 20 dB
+    SNR: 67 s -> (samples, sentence spans). With ``tone_s``, a two-tone ring (a phone, not
+    speech) of that length follows 3 s after the last sentence; its span comes third."""
     x, truth = speech
     clips = [x[s:e] for s, e in truth]
     rng = np.random.default_rng(3)
@@ -72,9 +76,21 @@ def long_recording(speech):
         parts += [pause, clip]
         spans.append((pos + len(pause), pos + len(pause) + len(clip)))
         pos += len(pause) + len(clip)
+    tone = None
+    if tone_s:
+        t = np.arange(int(tone_s * SR)) / SR
+        ring = 0.1 * (np.sin(2 * np.pi * 440 * t) + np.sin(2 * np.pi * 480 * t)) * (t % 0.5 < 0.4)
+        parts += [np.zeros(3 * SR, np.float32), ring.astype(np.float32)]
+        tone = (pos + 3 * SR, pos + 3 * SR + len(ring))
     parts.append(np.zeros(SR, np.float32))
     y = with_white_noise(np.concatenate(parts), spans, 20, seed=1)
-    return y, spans
+    return (y, spans) if tone is None else (y, spans, tone)
+
+
+@pytest.fixture(scope="module")
+def long_recording(speech):
+    """The three sentences six times over, with pauses of 0.15-3 s: 67 s."""
+    return repeated_sentences(speech)
 
 
 @pytest.mark.parametrize("window", [30.0, 10.0, 4.0])
@@ -142,3 +158,75 @@ def test_missing_model_says_what_to_install(monkeypatch, speech):
         plan_windows(speech[0], SR, window=4.0)  # longer than a window: the detector runs
     assert "vad='energy'" in str(e.value)
     assert plan_windows(speech[0], SR, vad="energy") == [(0, len(speech[0]))]  # the fallback works
+
+
+# --------------------------------------------------------------------------- through the model
+
+
+@pytest.fixture(scope="module")
+def model(tiny_gguf_f32):
+    return pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device="cpu", n_threads=2, batch_size=4)
+
+
+def seconds(windows):
+    return [(a / SR, b / SR) for a, b in windows]
+
+
+def sent(span, windows):
+    """How many samples of ``span`` are in the windows."""
+    return sum(max(0, min(e, span[1]) - max(s, span[0])) for s, e in windows)
+
+
+def test_transcribe_plans_windows_with_silero_by_default(model, speech):
+    y, spans, ring = repeated_sentences(speech, tone_s=4.0)
+    assert len(y) > 60 * SR
+    assert pylfm.TranscribeOptions().vad == "silero"
+    by_silero = plan_windows(y, SR, vad="silero")
+    by_energy = plan_windows(y, SR, vad="energy")
+    # The detectors plan differently here: the ring is loud, so the energy detector
+    # sends it; Silero hears that it is not speech.
+    assert sent(ring, by_energy) > 0.9 * (ring[1] - ring[0]) and sent(ring, by_silero) == 0
+    # Default options (max_new_tokens only shortens the decoding of each window).
+    r = model.transcribe(y, sample_rate=SR, max_new_tokens=4)
+    assert r.n_windows == len(by_silero) and len(r.segments) == r.n_windows  # every window has text
+    assert [(seg.start, seg.end) for seg in r.segments] == seconds(by_silero)
+    # ... and the option does reach the planner.
+    e = model.transcribe(y, sample_rate=SR, max_new_tokens=4, vad="energy")
+    assert [(seg.start, seg.end) for seg in e.segments] == seconds(by_energy) != seconds(by_silero)
+
+
+@pytest.mark.parametrize("source,max_segment", [("67 s", 10.0), ("fixture file", 4.0)])
+def test_subtitle_sized_segments_cover_the_speech(model, speech, long_recording, source, max_segment):
+    if source == "fixture file":  # the FLAC itself, decoded by the model; truth from its .json
+        audio, spans, kw = str(FIXTURE.with_suffix(".flac")), speech[1], {}
+        y = speech[0]
+    else:
+        (y, spans), kw = long_recording, {"sample_rate": SR}
+        audio = y
+    assert len(y) > max_segment * SR  # it must be cut
+    r = model.transcribe(audio, max_new_tokens=4, max_segment=max_segment, **kw)
+    segs = r.segments
+    assert len(segs) == r.n_windows >= 2
+    assert r.n_windows > len(plan_windows(y, SR))  # more windows than without max_segment
+    for seg in segs:
+        assert 0 < seg.end - seg.start <= max_segment
+    for a, b in zip(segs, segs[1:]):
+        assert a.end <= b.start  # in order, no overlap
+    # Every utterance is inside the union of the segments: nothing of the speech is left
+    # out of the subtitles.
+    windows = [(round(seg.start * SR), round(seg.end * SR)) for seg in segs]
+    for span in spans:
+        assert sent(span, windows) == span[1] - span[0], seconds([span])
+    # The windows decoded are the planner's, and no sample is in two of them.
+    assert windows == plan_windows(y, SR, window=max_segment)
+    count = np.zeros(len(y), np.int8)
+    for a, b in windows:
+        count[a:b] += 1
+    assert count.max() == 1
+    # The SRT has one cue per segment, with its times (to the millisecond) and text.
+    srt = formats.to_srt(segs)
+    cues = formats.parse_srt(srt)
+    assert [(c.start, c.end, c.text) for c in cues] == [(round(s.start, 3), round(s.end, 3), s.text) for s in segs]
+    first = srt.split("\n")[:2]
+    assert first == ["1", f"{formats.format_timestamp(segs[0].start, True, ',')} --> "
+                          f"{formats.format_timestamp(segs[0].end, True, ',')}"]

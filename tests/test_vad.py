@@ -259,10 +259,21 @@ def test_max_speech_duration_cuts_regions():
     assert all(e1 == s2 for (_, e1), (s2, _) in zip(pieces, pieces[1:]))
 
 
-def test_split_windows_alias_for_old_callers():
+def test_split_windows_plans_energy_windows_of_max_window_s():
+    """The deprecated alias (bench's synthetic audio still uses it) cuts with the energy
+    detector, which finds these synthetic bursts; Silero, the default, does not take them
+    for speech."""
     rng = np.random.default_rng(3)
-    x, _ = recording([("speech", 20.0), ("pause", 3.0), ("speech", 20.0)], rng)
-    assert split_windows(x, SR, max_window_s=30.0) == plan_windows(x, SR, window=30.0, vad="energy")
+    x, truth = recording([("speech", 20.0), ("pause", 3.0), ("speech", 20.0)], rng)
+    assert sum(e - s for s, e in plan_windows(x, SR)) < 0.2 * len(x)
+    for max_s, least in ((30.0, 2), (10.0, 6)):
+        windows = split_windows(x, SR, max_window_s=max_s)
+        check_windows(windows, len(x), max_s)
+        assert len(windows) >= least
+        for span in truth:
+            assert covered(span, windows)
+        # The 3 s pause is longer than max_gap_s: its middle is not sent.
+        assert not any(s < int(22.5 * SR) and e > int(20.5 * SR) for s, e in windows)
 
 
 # --------------------------------------------------------------------------- errors
@@ -301,6 +312,12 @@ def test_bad_arguments():
     ("min_speech_duration_ms", -1, ValueError), ("min_silence_duration_ms", float("inf"), ValueError),
     ("speech_pad_ms", -5, ValueError), ("max_speech_duration_s", 0, ValueError),
     ("max_gap_s", -0.1, ValueError), ("energy_threshold_db", 3.0, ValueError),
+    ("threshold", 1.5, ValueError), ("threshold", -0.1, ValueError), ("neg_threshold", float("nan"), ValueError),
+    ("min_speech_duration_ms", float("nan"), ValueError), ("min_silence_duration_ms", -300, ValueError),
+    ("speech_pad_ms", float("nan"), ValueError), ("max_speech_duration_s", -1.0, ValueError),
+    ("max_speech_duration_s", float("nan"), ValueError), ("max_gap_s", float("inf"), ValueError),
+    ("max_gap_s", float("nan"), ValueError), ("energy_threshold_db", float("nan"), ValueError),
+    ("energy_threshold_db", -300.0, ValueError), ("max_gap_s", "2", TypeError), ("speech_pad_ms", None, TypeError),
 ])
 def test_options_validated(field, value, exc):
     with pytest.raises(exc, match=f"VadOptions.{field}"):
@@ -312,3 +329,63 @@ def test_options_defaults_and_hysteresis():
     assert VadOptions(threshold=0.1).effective_neg_threshold == pytest.approx(0.01)
     assert VadOptions(threshold=0.6, neg_threshold=0.2).effective_neg_threshold == 0.2
     VadOptions(max_speech_duration_s=math.inf, max_gap_s=0, speech_pad_ms=0)  # all valid
+
+
+# --------------------------------------------------------------------------- TranscribeOptions
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(vad="bogus"), ValueError, "vad must be one of 'silero', 'energy' or None, got 'bogus'"),
+    (dict(vad="Silero"), ValueError, "vad must be one of"),
+    (dict(vad="none"), ValueError, "vad must be one of"),  # the CLI's spelling; the library's is None
+    (dict(vad=False), ValueError, "vad must be one of"),
+    (dict(vad_options={"threshold": 0.3}), TypeError, "vad_options must be a pylfm.VadOptions or None, got dict"),
+    (dict(vad_options=0.5), TypeError, "vad_options must be"),
+    (dict(max_segment=0), ValueError, "max_segment must be between 0.16 and 30"),
+    (dict(max_segment=-10), ValueError, "max_segment must be between"),
+    (dict(max_segment=0.1), ValueError, "max_segment must be between"),
+    (dict(max_segment=NAN), ValueError, "max_segment must be a finite number"),
+    (dict(max_segment=INF), ValueError, "max_segment must be a finite number"),
+    (dict(max_segment="10"), TypeError, "max_segment must be a number"),
+    # Larger than the window: an error, not clamped (the CLI and server clamp their defaults).
+    (dict(max_segment=30.5), ValueError, "max_segment must be between 0.16 and 30 .*at most window=30"),
+    (dict(window=8, max_segment=10), ValueError, "max_segment must be between 0.16 and 8 .*at most window=8"),
+    (dict(window=0.15), ValueError, "window must be between 0.16 and 300"),
+    (dict(window=0), ValueError, "window must be between"),
+    (dict(window=-30), ValueError, "window must be between"),
+    (dict(window=301), ValueError, "window must be between 0.16 and 300"),
+    (dict(window=NAN), ValueError, "window must be a finite number"),
+    (dict(window=INF), ValueError, "window must be a finite number"),
+    (dict(window=True), TypeError, "window must be a number"),
+    (dict(loop_guard=True), TypeError, "loop_guard must be a pylfm.LoopGuard or None"),
+])
+def test_transcribe_options_reject_bad_values(kw, exc, match):
+    from pylfm import TranscribeOptions
+
+    with pytest.raises(exc, match=match):
+        TranscribeOptions(**kw)
+
+
+def test_transcribe_options_window_limits_are_the_planners():
+    """The shortest window TranscribeOptions accepts is the shortest plan_windows can cut
+    (two encoder frames), and it works; max_segment up to the window is accepted."""
+    from pylfm import TranscribeOptions
+    from pylfm.options import MIN_WINDOW_S
+
+    rng = np.random.default_rng(13)
+    x = syllables(1.0, rng)
+    opts = TranscribeOptions(window=MIN_WINDOW_S, max_segment=MIN_WINDOW_S)
+    windows = plan_windows(x, SR, window=opts.segment_limit, vad="energy")
+    check_windows(windows, len(x), MIN_WINDOW_S)
+    assert windows[0][0] == 0 and windows[-1][1] == len(x) and len(windows) >= 1.0 / MIN_WINDOW_S
+    below = np.nextafter(MIN_WINDOW_S, 0)
+    with pytest.raises(ValueError, match="window must be between"):
+        TranscribeOptions(window=below)
+    with pytest.raises(ValueError, match="too short"):
+        plan_windows(x, SR, window=below, vad="energy")
+    assert TranscribeOptions(window=300, max_segment=300).segment_limit == 300
+    assert TranscribeOptions(window=10).segment_limit == 10  # max_segment defaults to the window
+    assert TranscribeOptions(max_segment=10, vad=None, vad_options=VadOptions(threshold=0.3)).segment_limit == 10

@@ -23,10 +23,30 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+#: The largest max_period / min_repeats / min_span: the engine keeps them in C ints and
+#: multiplies min_repeats by the period, which must not overflow.
+_MAX_TOKENS = 1 << 15
+
 
 @dataclass(frozen=True)
 class LoopGuard:
-    """Options of the repetition-loop guard (``loop_guard=None`` turns it off)."""
+    """Options of the repetition-loop guard (``loop_guard=None`` turns it off).
+
+    Attributes:
+        max_period: the longest repeated block (in tokens) the engine looks for.
+        min_repeats: how many times in a row a block must repeat (at least 2) ...
+        min_span: ... covering at least this many tokens; the engine stops the window
+            then (``stop_reason="repetition"``). ``max_period``, ``min_repeats`` and
+            ``min_span`` are integers from 1 to 32768.
+        compression_ratio_threshold: a window whose text's gzip compression ratio is
+            above this (> 0) is decoded again; None: not checked.
+        log_prob_threshold: a window whose average token log-probability is below this
+            is decoded again; None (default): not checked.
+        temperatures: the temperatures (each in (0, 2]) of the fallback decodings, in
+            order; ``()`` only stops loops, never decodes again.
+        repeat_penalty: llama.cpp's repetition penalty for the fallback decodings
+            (> 0; 1 = none).
+    """
 
     max_period: int = 50
     min_repeats: int = 4
@@ -39,14 +59,20 @@ class LoopGuard:
     def __post_init__(self) -> None:
         for name in ("max_period", "min_repeats", "min_span"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"LoopGuard.{name} must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_TOKENS:
+                raise ValueError(f"LoopGuard.{name} must be an integer from 1 to {_MAX_TOKENS}, got {value!r}")
         if self.min_repeats < 2:
             raise ValueError(f"LoopGuard.min_repeats must be at least 2, got {self.min_repeats}")
         for name in ("compression_ratio_threshold", "log_prob_threshold"):
             value = getattr(self, name)
             if value is not None and not _finite(value):
                 raise ValueError(f"LoopGuard.{name} must be a finite number or None, got {value!r}")
+        if self.compression_ratio_threshold is not None and self.compression_ratio_threshold <= 0:
+            raise ValueError("LoopGuard.compression_ratio_threshold must be > 0 (faster-whisper uses 2.4) or None, "
+                             f"got {self.compression_ratio_threshold!r}")
+        if isinstance(self.temperatures, (str, bytes)) or not hasattr(self.temperatures, "__iter__"):
+            raise TypeError(f"LoopGuard.temperatures must be a sequence of numbers in (0, 2], e.g. (0.2, 0.4), "
+                            f"got {self.temperatures!r}")
         temps = tuple(self.temperatures)
         if not all(_finite(t) and 0 < t <= 2 for t in temps):
             raise ValueError(f"LoopGuard.temperatures must be numbers in (0, 2], got {self.temperatures!r}")

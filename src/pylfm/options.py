@@ -8,10 +8,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .audio import MIN_SAMPLES_16K, SAMPLE_RATE
 from .loop_guard import LoopGuard
 from .prompt import ASR_SYSTEM_PROMPT
 
 DEFAULT_WINDOW_S = 30.0
+#: The shortest ``window`` / ``max_segment``: two encoder frames (0.16 s), the least
+#: `pylfm.vad.plan_windows` can cut into pieces of at least one frame (80 ms) each.
+MIN_WINDOW_S = 2 * MIN_SAMPLES_16K / SAMPLE_RATE
 # llama.cpp's LFM2A encoder has a fixed relative-position table: one audio chunk may not
 # exceed ~327 s, or the process aborts. Stay well below.
 MAX_WINDOW_S = 300.0
@@ -31,13 +35,16 @@ class TranscribeOptions:
         temperature: 0 is greedy and deterministic; otherwise sampled with
             ``top_k``/``top_p``/``seed`` (window k uses seed + k).
         ignore_eos: keep generating past end-of-generation (benchmarks).
-        window: the most audio decoded at once, in seconds. A recording up to this long
-            is decoded whole; a longer one is cut into windows packed from whole speech
-            regions (silence between them is not sent).
+        window: the most audio decoded at once, in seconds (0.16 to 300). A recording up
+            to this long is decoded whole; a longer one is cut into windows packed from
+            whole speech regions (silence between them is not sent).
         max_segment: if set, windows (and so segments and subtitle cues) are at most this
-            long; shorter windows are decoded in one batch.
+            long, in seconds: 0.16 up to ``window`` (a larger value is an error, not
+            clamped; e.g. 10 for subtitles). A recording longer than ``max_segment`` is
+            then cut by the speech detector even when it fits in ``window``.
         vad: the speech detector for long recordings: "silero" (default), "energy", None.
-        vad_options: a `pylfm.vad.VadOptions`, or None for the defaults.
+        vad_options: a `pylfm.vad.VadOptions`, or None for the defaults (ignored with
+            ``vad=None``).
         loop_guard: a `LoopGuard` (default) or None to turn repetition handling off.
         batch_size: how many windows of this recording may decode at once (default: as
             many as the model has free sequence slots).
@@ -73,11 +80,11 @@ class TranscribeOptions:
         _number(self, "top_p", 0.0, 1.0, "in (0, 1]")
         if self.top_p == 0:
             raise ValueError("top_p must be in (0, 1], got 0")
-        _number(self, "window", 0.0, MAX_WINDOW_S, "the audio encoder's limit for one piece of audio")
-        if self.window < 0.2:
-            raise ValueError(f"window must be at least 0.2 seconds, got {self.window}")
+        _number(self, "window", MIN_WINDOW_S, MAX_WINDOW_S,
+                "seconds: two encoder frames up to the audio encoder's limit for one piece of audio")
         if self.max_segment is not None:
-            _number(self, "max_segment", 0.2, self.window, "at least 0.2 s and at most window")
+            _number(self, "max_segment", MIN_WINDOW_S, self.window,
+                    f"seconds, at most window={self.window:g}; raise window too for longer segments")
         if self.vad not in VAD_METHODS:
             raise ValueError(f"vad must be one of 'silero', 'energy' or None, got {self.vad!r}")
         if self.vad_options is not None:
