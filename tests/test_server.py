@@ -483,17 +483,34 @@ def test_random_clips_always_answer_200_with_the_streamed_text(model):
 
 
 def test_real_speech_goes_through_silero_by_default(model):
+    """The server plans windows with Silero: a telephone-like ring between sentences (loud,
+    not speech) is sent by the energy detector and skipped by Silero."""
     from pathlib import Path
+
+    from pylfm.audio import load_audio
+    from pylfm.vad import plan_windows
 
     fixture = Path(__file__).parent / "fixtures" / "speech_espeak.flac"
     speech, rate = sf.read(fixture, dtype="float32")
     gap = np.zeros(int(1.5 * rate), np.float32)
-    data = wav_at(np.concatenate([speech, gap, speech[::-1].copy(), gap, speech]), rate)
-    with Serving(create_app(model, max_new_tokens=MAX_NEW, window=12.0)) as s:
-        want = model.transcribe(data, max_new_tokens=MAX_NEW, window=12.0)
-        assert want.n_windows >= 3
+    t = np.arange(int(4.0 * rate)) / rate
+    ring = (0.1 * (np.sin(2 * np.pi * 440 * t) + np.sin(2 * np.pi * 480 * t))).astype(np.float32)
+    data = wav_at(np.concatenate([speech, gap, ring, gap, speech[::-1].copy(), gap, speech]), rate)
+    pcm = load_audio(data)
+    spans = {vad: [(a / 16000, b / 16000) for a, b in plan_windows(pcm, 16000, window=12.0, vad=vad)]
+             for vad in ("silero", "energy")}
+    assert spans["silero"] != spans["energy"]
+    with Serving(create_app(model, max_new_tokens=MAX_NEW, window=12.0, max_cue=12.0)) as s:
         got = s.client().audio.transcriptions.create(model="m", file=("speech.wav", data), response_format="verbose_json")
-        assert got.text == want.text and len(got.segments) == len(want.segments)
+    served = [(seg.start, seg.end) for seg in got.segments]
+    ring_at = (len(speech) + len(gap)) / rate, (len(speech) + len(gap) + len(ring)) / rate
+    overlaps_ring = lambda w: w[0] < ring_at[1] and w[1] > ring_at[0]  # noqa: E731
+    assert any(map(overlaps_ring, spans["energy"])) and not any(map(overlaps_ring, spans["silero"]))
+    assert len(served) >= 3 and not any(map(overlaps_ring, served))
+    for seg in served:  # segments are Silero's windows (those with text)
+        assert any(abs(seg[0] - w[0]) < 1e-3 and abs(seg[1] - w[1]) < 1e-3 for w in spans["silero"])
+    want = model.transcribe(data, max_new_tokens=MAX_NEW, window=12.0)
+    assert got.text == want.text
 
 
 def wav_at(x, rate):
