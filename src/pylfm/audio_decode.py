@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional, Tuple, Union
 
 import numpy as np
 import soundfile as sf
@@ -45,7 +45,7 @@ def check_rate(rate: float, what: str) -> float:
     """Raise `AudioError` unless ``rate`` is a plausible sample rate in Hz."""
     if not MIN_RATE <= rate <= MAX_RATE:
         raise AudioError(
-            f"{what} is {rate:g} Hz, which is not a real audio sample rate (pylfm accepts "
+            f"{what} is {rate:.10g} Hz, which is not a real audio sample rate (pylfm accepts "
             f"{MIN_RATE / 1000:g} kHz to {MAX_RATE / 1e6:g} MHz); the file header is broken, or pass the right rate"
         )
     return rate
@@ -198,6 +198,9 @@ def _decode_av(src: Source, target_rate: float, quality: str, max_duration: Opti
             raise AudioError(f"{name} has no audio stream ({container.format.name}: {kinds}); "
                              "pass a recording or a video with sound")
         stream = streams[0]
+        if stream.codec_context is None:  # no decoder for it (e.g. a WAV header saying 0 bits per sample)
+            raise _not_audio(src, "no decoder for its audio stream (a broken header or an unknown codec)",
+                             sf_detail)
         seconds = None
         if stream.duration and stream.time_base:
             seconds = float(stream.duration * stream.time_base)
@@ -214,6 +217,10 @@ def _decode_av(src: Source, target_rate: float, quality: str, max_duration: Opti
                     expected = int(seconds * rate) if seconds else None
                     sink = _Sink(name, rate, target_rate, quality, max_duration, expected)
                 sink.add(chunk)
+        except _Unconvertible as e:
+            raise AudioError(f"could not decode {name}: FFmpeg decodes its {stream.codec_context.name} audio to "
+                             f"{e} samples, which pylfm cannot convert; convert the file first, e.g. "
+                             "ffmpeg -i input.wav -ac 1 -ar 16000 output.wav") from None
         except _Damaged as e:
             if sink is None or sink.frames == 0:
                 raise AudioError(f"could not decode {name}: its {stream.codec_context.name} audio is damaged "
@@ -221,12 +228,20 @@ def _decode_av(src: Source, target_rate: float, quality: str, max_duration: Opti
             # FFmpeg's own tools keep what decoded from a truncated or damaged file.
             log.warning("%s: decoding stopped at %.1f s on damaged data (%s)", name, sink.frames / rate, e)
     if sink is None:
+        if getattr(stream.codec_context, "channels", None) == 0:  # nothing can decode from that
+            raise AudioError(f"{name} has no usable audio channels (FFmpeg reads 0 from its header, which is "
+                             "broken); pass a recording with sound in it")
         raise AudioError(f"{name} contains no audio samples (0 samples); pass a non-empty recording")
     return sink.finish(), rate
 
 
 class _Damaged(Exception):
     """The container or too many packets in a row could not be decoded."""
+
+
+class _Unconvertible(Exception):
+    """FFmpeg's samples come in a format numpy cannot take (e.g. s64 from a WAV header
+    saying 64-bit integer PCM); the argument is the format's name."""
 
 
 _MAX_BAD_PACKETS = 32
@@ -275,7 +290,10 @@ def _av_chunks(container, stream) -> Iterator[Tuple[np.ndarray, int]]:
 
 def _frame_samples(frame) -> np.ndarray:
     """An FFmpeg audio frame as (samples, channels) float32 in [-1, 1)."""
-    a = frame.to_ndarray()
+    try:
+        a = frame.to_ndarray()
+    except ValueError:  # "Conversion from 's64' format to numpy array is not supported"
+        raise _Unconvertible(frame.format.name) from None
     a = a.T if frame.format.is_planar else a.reshape(-1, len(frame.layout.channels))
     if a.dtype.kind == "f":
         return a.astype(np.float32, copy=False)
@@ -289,7 +307,7 @@ def _frame_samples(frame) -> np.ndarray:
     return y
 
 
-def _not_audio(src: Source, error: Exception, sf_detail: Optional[str]) -> AudioError:
+def _not_audio(src: Source, error: Union[Exception, str], sf_detail: Optional[str]) -> AudioError:
     detail = getattr(error, "strerror", None) or str(error)
     hint = ""
     if not src.seekable:

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import traceback
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 from .errors import PylfmError
 
@@ -298,13 +298,15 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
     for (or depend on) the converter, the server extra or the benchmark code."""
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="pylfm", description="LFM2-Audio speech recognition on llama.cpp")
+    parser = _Parser(prog="pylfm", description="LFM2-Audio speech recognition on llama.cpp")
+    parser.json = "--json" in (argv if argv is not None else sys.argv[1:])
     parser.add_argument("--version", action="version", version=f"pylfm {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     chosen = next((a for a in (argv if argv is not None else sys.argv[1:]) if a in _COMMANDS), None)
     for name, (module, help_text) in _COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.json = parser.json
         if name != chosen:
             continue
         if module is None:
@@ -315,6 +317,24 @@ def build_parser(argv: Optional[List[str]] = None) -> argparse.ArgumentParser:
         add(p)
         p.set_defaults(_main=run)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the errors the README promises: a bad argument (``--seed nan``, an
+    unknown option, a missing file name) is one line on stderr and exit status 2, and
+    with ``--json`` also ``{"error", "error_type", "exit_code"}`` on stdout, instead of
+    argparse's usage block."""
+
+    json = False
+
+    def error(self, message: str) -> NoReturn:
+        text = f"{' '.join(message.split())} ({self.prog} --help lists the options)"
+        if self.json:
+            try:
+                _write_stdout(json.dumps({"error": text, "error_type": "CommandError", "exit_code": EXIT_USAGE}) + "\n")
+            except OSError:
+                pass
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {text}\n")
 
 
 _LOCAL = {"transcribe": (add_transcribe_arguments, main_transcribe), "info": (add_info_arguments, main_info)}
