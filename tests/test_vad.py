@@ -361,6 +361,11 @@ NAN, INF = float("nan"), float("inf")
     (dict(window=INF), ValueError, "window must be a finite number"),
     (dict(window=True), TypeError, "window must be a number"),
     (dict(loop_guard=True), TypeError, "loop_guard must be a pylfm.LoopGuard or None"),
+    # integers the engine keeps in C ints / a 32-bit seed
+    (dict(top_k=2**40), ValueError, "top_k must be <= 2147483647"),
+    (dict(max_new_tokens=2**31), ValueError, "max_new_tokens must be <= 2147483647"),
+    (dict(seed=-1), ValueError, "seed must be >= 0"),
+    (dict(seed=2**32), ValueError, "seed must be <= 4294967295"),
 ])
 def test_transcribe_options_reject_bad_values(kw, exc, match):
     from pylfm import TranscribeOptions

@@ -73,9 +73,9 @@ class TranscribeOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a string or None, got {type(value).__name__}")
-        _int(self, "max_new_tokens", 1)
-        _int(self, "top_k", 0)
-        _int(self, "seed", None)
+        _int(self, "max_new_tokens", 1, _C_INT_MAX)
+        _int(self, "top_k", 0, _C_INT_MAX)
+        _int(self, "seed", 0, 2**32 - 1)  # llama.cpp's sampler seed is 32-bit
         _number(self, "temperature", 0.0, 2.0, "0 = greedy")
         _number(self, "top_p", 0.0, 1.0, "in (0, 1]")
         if self.top_p == 0:
@@ -107,12 +107,17 @@ class TranscribeOptions:
         return self.max_segment or self.window
 
 
-def _int(opts: Any, name: str, minimum: Optional[int]) -> None:
+_C_INT_MAX = 2**31 - 1  # the engine keeps counts in C ints
+
+
+def _int(opts: Any, name: str, minimum: Optional[int], maximum: Optional[int] = None) -> None:
     value = getattr(opts, name)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {value!r}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
 
 
 def _number(opts: Any, name: str, lo: float, hi: float, hint: str) -> None:
