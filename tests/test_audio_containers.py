@@ -128,7 +128,7 @@ def test_video_without_audio_is_a_clear_error():
     assert "video" in str(e.value)
 
 
-def test_corrupt_and_truncated_containers():
+def test_corrupt_and_truncated_containers(caplog):
     pcm = voice_like(3.0, 48000)[:, None]
     data = encode(pcm, 48000, "mp4", "aac", bit_rate=96000)  # index (moov) at the end
     with pytest.raises(AudioError, match="could not decode"):
@@ -137,7 +137,8 @@ def test_corrupt_and_truncated_containers():
         load_audio(data[:64] + bytes(range(256)) * 40)
     # An MKV damaged or cut off in the middle keeps the audio before the damage, as
     # FFmpeg's tools do: exactly the intact file's samples up to there. (FFmpeg's Matroska
-    # demuxer ends there as at the end of the file: no error, and no warning either.)
+    # demuxer ends there as at the end of the file, with no error: pylfm warns that the
+    # audio is shorter than the header says.)
     mkv = encode(pcm, 48000, "matroska", "libopus", bit_rate=64000)
     full = load_audio(mkv)
     assert len(full) == 3 * SR
@@ -145,7 +146,10 @@ def test_corrupt_and_truncated_containers():
     rng = np.random.default_rng(0)
     damaged[len(mkv) // 2 : len(mkv) // 2 + 400] = rng.integers(0, 256, 400, dtype=np.uint8).tobytes()
     for label, broken in (("damaged", bytes(damaged)), ("truncated", mkv[: len(mkv) // 2])):
-        y = load_audio(broken)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="pylfm"):
+            y = load_audio(broken)
+        assert any("header states" in r.getMessage() for r in caplog.records), label
         assert 1.0 * SR < len(y) < 2.0 * SR, label  # up to the middle, not beyond
         keep = len(y) - SR // 20  # all but the resampler's last 50 ms, cut short by the damage
         np.testing.assert_allclose(y[:keep], full[:keep], atol=1e-6, err_msg=label)

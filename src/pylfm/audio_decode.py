@@ -204,6 +204,8 @@ def _decode_av(src: Source, target_rate: float, quality: str, max_duration: Opti
         seconds = None
         if stream.duration and stream.time_base:
             seconds = float(stream.duration * stream.time_base)
+        elif container.duration and container.duration > 0:  # e.g. WebM: only the container's length
+            seconds = container.duration / 1e6  # AV_TIME_BASE
         header_rate = stream.codec_context.sample_rate
         if header_rate:
             check_rate(float(header_rate), f"the sample rate in {name}'s header")
@@ -227,6 +229,10 @@ def _decode_av(src: Source, target_rate: float, quality: str, max_duration: Opti
                                  f"({e}); re-export or repair the file") from None
             # FFmpeg's own tools keep what decoded from a truncated or damaged file.
             log.warning("%s: decoding stopped at %.1f s on damaged data (%s)", name, sink.frames / rate, e)
+    if sink is not None and seconds and sink.frames / rate < 0.9 * seconds - 1.0:
+        # FFmpeg ends quietly at some kinds of damage; say so rather than lose audio silently.
+        log.warning("%s: decoded %.1f s of the %.1f s its header states; the file may be truncated or damaged",
+                    name, sink.frames / rate, seconds)
     if sink is None:
         if getattr(stream.codec_context, "channels", None) == 0:  # nothing can decode from that
             raise AudioError(f"{name} has no usable audio channels (FFmpeg reads 0 from its header, which is "
