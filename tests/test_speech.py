@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import soundfile as sf
 from gguf import GGMLQuantizationType, GGUFReader
 
 import pylfm
+from pylfm import _core
 from pylfm.converter import ConversionError, convert, convert_speech, plan
 from pylfm.converter.speech import VOCODER_ARCH
 from pylfm.errors import ModelNotFoundError
@@ -278,22 +280,19 @@ def test_closing_the_stream_stops_generation(model):
             def counted(*event):
                 counts["events"] += 1
                 on_event(*event)
-            return self.real.generate(parts, audio, params, counted, cancel.real)
+            return self.real.generate(parts, audio, params, counted, cancel)
 
-    class RecordingFlag:
-        def __init__(self, real):
-            self.real = real
-
+    class RecordingFlag(_core.CancelFlag):  # the engine reads the same atomic flag
         def set(self):
             if counts["at_cancel"] is None:
                 counts["at_cancel"] = counts["events"]
-            self.real.set()
+            super().set()
 
     parts = prompt_parts(sp.tts_system_prompt("US female"), "Stop me early.", n_audio=0) + [("<|audio_start|>", True)]
     params = _params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=True, max_new_tokens=400,
                      max_audio_frames=375, audio_temperature=0.0, audio_top_k=1, seed=0)
     run = sp._Run(model, parts, [], params)
-    run.engine, run.cancel = CountingEngine(run.engine), RecordingFlag(run.cancel)
+    run.engine, run.cancel = CountingEngine(run.engine), RecordingFlag()
     it = run.chunks()
     got = [next(it) for _ in range(3)]
     assert all(len(c.audio) or c.text == "" for c in got)
@@ -464,3 +463,31 @@ def test_server_speech_endpoint(model):
             assert r.status_code == 400 and r.json()["error"]["param"] == param, bad
         r = client.post("/v1/audio/speech", content=b"not json", headers={"content-type": "application/json"})
         assert r.status_code == 400
+
+
+def test_all_generation_runs_on_the_engine_thread(model):
+    """Speech (streamed or whole) and transcription compute on one thread: a second
+    computing thread makes libgomp stop spinning in every worker pool (measured 2x slower
+    speech on 2 cores)."""
+    threads = set()
+
+    class Recording:
+        def __init__(self, real):
+            self.real = real
+
+        def generate(self, *args):
+            threads.add(threading.current_thread().name)
+            return self.real.generate(*args)
+
+    from pylfm import speech as sp
+
+    parts = prompt_parts(sp.tts_system_prompt("US female"), "Thread check.", n_audio=0) + [("<|audio_start|>", True)]
+    params = _params(start_audio=True, stop_at_audio_end=True, max_new_tokens=4, max_audio_frames=3,
+                     audio_temperature=0.0, audio_top_k=1, seed=0)
+    for streamed in (False, True):
+        run = sp._Run(model, parts, [], params)
+        run.engine = Recording(run.engine)
+        chunks = list(run.chunks()) if streamed else run.run()
+        assert chunks and run.result["stop_reason"] in ("length", "audio_end")
+    assert threads == {"pylfm-engine"}
+    assert model.scheduler.call(lambda: threading.current_thread().name) == "pylfm-engine"

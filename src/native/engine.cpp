@@ -353,6 +353,22 @@ void Engine::submit(Request req) {
     queue_cv_.notify_one();
 }
 
+std::future<void> Engine::post(std::function<void()> fn) {
+    std::packaged_task<void()> task(std::move(fn));
+    std::future<void> done = task.get_future();
+    {
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        if (stop_) throw std::runtime_error("the engine has been shut down");
+        if (std::this_thread::get_id() != loop_thread_) {
+            tasks_.push_back(std::move(task));
+            queue_cv_.notify_one();
+            return done;
+        }
+    }
+    task();  // already on the loop's thread
+    return done;
+}
+
 void Engine::shutdown() {
     {
         std::lock_guard<std::mutex> lock(queue_mu_);
@@ -530,12 +546,24 @@ void Engine::run(const EventSink& sink) {
         sink(events);
         events.clear();
     };
+    {
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        loop_thread_ = std::this_thread::get_id();
+    }
     while (true) {
+        std::packaged_task<void()> task;
         {
             std::unique_lock<std::mutex> lock(queue_mu_);
-            queue_cv_.wait(lock, [&] { return stop_ || !queue_.empty() || n_active_ > 0 || has_deferred_; });
+            queue_cv_.wait(lock, [&] {
+                return stop_ || !queue_.empty() || n_active_ > 0 || has_deferred_ || !tasks_.empty();
+            });
             if (stop_) break;
+            if (!tasks_.empty()) {
+                task = std::move(tasks_.front());
+                tasks_.pop_front();
+            }
         }
+        if (task.valid()) task();  // one posted task per turn, between steps
         {
             std::lock_guard<std::mutex> lock(mu_);
             sweep_cancelled(events);
@@ -562,6 +590,8 @@ void Engine::run(const EventSink& sink) {
     }
     {
         std::lock_guard<std::mutex> lock(queue_mu_);
+        tasks_.clear();  // never run: their futures report a broken promise
+        loop_thread_ = std::thread::id();
         for (auto& req : queue_) {
             auto r = std::make_shared<Result>();
             r->stop_reason = "cancelled";

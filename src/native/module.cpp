@@ -9,8 +9,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
+#include <future>
 
+#include "bind.h"
 #include "common.h"
 #include "engine.h"
 #include "speech.h"
@@ -20,45 +23,13 @@ using namespace pylfm;
 
 namespace {
 
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
-
-std::vector<float> to_pcm(const py::handle& obj) {
-    FloatArray a = py::cast<FloatArray>(obj);
-    if (a.ndim() != 1) throw std::invalid_argument("audio must be a 1-D float32 array");
-    return std::vector<float>(a.data(), a.data() + a.size());
-}
-
-// parts: a list whose items are (text: str, special: bool) or an int (index into audio).
-std::vector<PromptPart> to_parts(const py::list& items) {
-    std::vector<PromptPart> parts;
-    for (auto item : items) {
-        PromptPart p;
-        if (py::isinstance<py::int_>(item)) {
-            p.audio = item.cast<int>();
-        } else {
-            auto t = item.cast<py::tuple>();
-            p.text = t[0].cast<std::string>();
-            p.special = t[1].cast<bool>();
-        }
-        parts.push_back(std::move(p));
-    }
-    return parts;
-}
+using bind::floats_from;
+using bind::parts_from;
+using bind::safe_str;
 
 std::vector<std::vector<float>> to_audio(const py::list& items) {
     std::vector<std::vector<float>> out;
-    for (auto a : items) out.push_back(to_pcm(a));
-    return out;
-}
-
-// Text from llama.cpp's log or a path may hold any bytes; never fail on it.
-py::str safe_str(const std::string& s) {
-    return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), static_cast<py::ssize_t>(s.size()), "replace"));
-}
-
-py::array_t<float> to_array(const std::vector<float>& v, py::ssize_t rows, py::ssize_t cols) {
-    py::array_t<float> out = cols ? py::array_t<float>({rows, cols}) : py::array_t<float>(rows);
-    std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
+    for (auto a : items) out.push_back(floats_from(a, "audio"));
     return out;
 }
 
@@ -178,7 +149,7 @@ PYBIND11_MODULE(_core, m) {
                           std::shared_ptr<CancelFlag> cancel) {
                  Request r;
                  r.id = id;
-                 r.parts = to_parts(parts);
+                 r.parts = parts_from(parts);
                  r.audio = to_audio(audio);
                  r.params = params;
                  r.cancel = std::move(cancel);
@@ -209,31 +180,76 @@ PYBIND11_MODULE(_core, m) {
              },
              "The scheduler loop: blocks until shutdown(); run it on one thread.")
         .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>())
+        .def("call", [](Engine& e, py::function fn, std::shared_ptr<CancelFlag> cancel) {
+                 // fn must not raise (pylfm.scheduler wraps it). The task owns one reference,
+                 // dropped with the GIL held on the loop's thread.
+                 PyObject* raw = fn.release().ptr();
+                 std::future<void> done;
+                 try {
+                     done = e.post([raw] {
+                         py::gil_scoped_acquire gil;
+                         try {
+                             py::handle task(raw);
+                             task();
+                         } catch (py::error_already_set& err) {
+                             err.discard_as_unraisable("pylfm engine task");
+                         }
+                         Py_DECREF(raw);
+                     });
+                 } catch (...) {
+                     Py_DECREF(raw);
+                     throw;
+                 }
+                 // Wait without the GIL; every 100 ms look for Ctrl-C: it cancels the task
+                 // through its flag, and is raised once the task has ended.
+                 PyObject *et = nullptr, *ev = nullptr, *tb = nullptr;
+                 {
+                     py::gil_scoped_release nogil;
+                     while (done.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready) {
+                         py::gil_scoped_acquire gil;
+                         if (!et && PyErr_CheckSignals() != 0) {
+                             PyErr_Fetch(&et, &ev, &tb);
+                             if (cancel) cancel->set.store(true);
+                         }
+                     }
+                 }
+                 if (et) {
+                     PyErr_Restore(et, ev, tb);
+                     throw py::error_already_set();
+                 }
+                 try {
+                     done.get();
+                 } catch (const std::future_error&) {
+                     throw std::runtime_error("the engine has been shut down");
+                 }
+             },
+             py::arg("fn"), py::arg("cancel") = nullptr,
+             "Runs fn() on the engine loop's thread between steps and waits for it (Ctrl-C sets `cancel`).")
         .def("prompt_tokens", [](Engine& e, const py::list& parts, const py::list& audio) {
-            auto p = to_parts(parts);
+            auto p = parts_from(parts);
             auto a = to_audio(audio);
             py::gil_scoped_release nogil;
             return e.prompt_tokens(p, a);
         })
         .def("encode_audio", [](Engine& e, const py::handle& pcm) {
-            std::vector<float> a = to_pcm(pcm);
+            std::vector<float> a = floats_from(pcm, "audio");
             size_t n = 0;
             std::vector<float> embd;
             {
                 py::gil_scoped_release nogil;
                 embd = e.encode_audio(a, n);
             }
-            return to_array(embd, static_cast<py::ssize_t>(n), e.n_embd());
+            return bind::float_array(embd, e.n_embd());
         })
         .def("first_logits", [](Engine& e, const py::list& parts, const py::list& audio) {
-            auto p = to_parts(parts);
+            auto p = parts_from(parts);
             auto a = to_audio(audio);
             std::vector<float> l;
             {
                 py::gil_scoped_release nogil;
                 l = e.first_logits(p, a);
             }
-            return to_array(l, static_cast<py::ssize_t>(l.size()), 0);
+            return bind::float_array(l, 0);
         });
 
     m.def("system_info", &system_info, "Compiled-in backends and visible devices.");

@@ -7,6 +7,7 @@
 
 #include <cstring>
 
+#include "bind.h"
 #include "speech.h"
 
 namespace py = pybind11;
@@ -15,31 +16,9 @@ namespace pylfm {
 
 namespace {
 
-using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IntArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
-
-// The same prompt encoding as the Engine's: (text, special) tuples and audio indexes.
-std::vector<PromptPart> parts_from(const py::list& items) {
-    std::vector<PromptPart> parts;
-    for (auto item : items) {
-        PromptPart p;
-        if (py::isinstance<py::int_>(item)) {
-            p.audio = item.cast<int>();
-        } else {
-            auto t = item.cast<py::tuple>();
-            p.text = t[0].cast<std::string>();
-            p.special = t[1].cast<bool>();
-        }
-        parts.push_back(std::move(p));
-    }
-    return parts;
-}
-
-std::vector<float> floats_from(const py::handle& obj, const char* what) {
-    FloatArray a = py::cast<FloatArray>(obj);
-    if (a.ndim() != 1) throw std::invalid_argument(std::string(what) + " must be a 1-D float32 array");
-    return std::vector<float>(a.data(), a.data() + a.size());
-}
+using bind::floats_from;
+using bind::parts_from;
 
 Frame frame_from(const py::handle& obj) {
     IntArray a = py::cast<IntArray>(obj);
@@ -53,16 +32,6 @@ py::array_t<int32_t> frames_array(const std::vector<Frame>& frames) {
     py::array_t<int32_t> out({static_cast<py::ssize_t>(frames.size()), static_cast<py::ssize_t>(kCodebooks)});
     if (!frames.empty()) std::memcpy(out.mutable_data(), frames.data(), frames.size() * sizeof(Frame));
     return out;
-}
-
-py::array_t<float> matrix(const std::vector<float>& v, py::ssize_t cols) {
-    py::array_t<float> out({static_cast<py::ssize_t>(v.size() / cols), cols});
-    if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(float));
-    return out;
-}
-
-py::str safe_text(const std::string& s) {
-    return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), static_cast<py::ssize_t>(s.size()), "replace"));
 }
 
 }  // namespace
@@ -110,8 +79,8 @@ void register_speech(py::module_& m) {
                      py::gil_scoped_acquire gil;
                      py::object codes = py::none(), spec = py::none();
                      if (ev.kind != SpeechEvent::Text) codes = frames_array({ev.codes}).attr("reshape")(kCodebooks);
-                     if (!ev.spectrum.empty()) spec = matrix(ev.spectrum, n_spec);
-                     on_event(static_cast<int>(ev.kind), safe_text(ev.text), ev.token, codes, spec);
+                     if (!ev.spectrum.empty()) spec = bind::float_array(ev.spectrum, n_spec);
+                     on_event(static_cast<int>(ev.kind), bind::safe_str(ev.text), ev.token, codes, spec);
                  };
                  SpeechResult r;
                  {
@@ -119,7 +88,7 @@ void register_speech(py::module_& m) {
                      r = s.generate(p, a, params, sink, cancel);
                  }
                  py::dict d;
-                 d["text"] = safe_text(r.text);
+                 d["text"] = bind::safe_str(r.text);
                  d["tokens"] = r.tokens;
                  d["codes"] = frames_array(r.frames);
                  d["stop_reason"] = r.stop_reason;
@@ -141,7 +110,7 @@ void register_speech(py::module_& m) {
                      py::gil_scoped_release nogil;
                      out = s.depth_logits(h, f);
                  }
-                 return matrix(out, s.audio_vocab());
+                 return bind::float_array(out, s.audio_vocab());
              }, py::arg("hidden"), py::arg("codes"),
              "Depthformer logits (8, 2049) for a hidden state, codebook j conditioned on codes[:j].")
         .def("sample_frame", [](SpeechEngine& s, const py::handle& hidden, float temperature, int top_k, uint32_t seed) {
@@ -160,7 +129,7 @@ void register_speech(py::module_& m) {
                      py::gil_scoped_release nogil;
                      out = s.frame_embedding(f);
                  }
-                 return matrix(out, static_cast<py::ssize_t>(out.size())).attr("reshape")(-1);
+                 return bind::float_array(out, static_cast<py::ssize_t>(out.size())).attr("reshape")(-1);
              }, py::arg("codes"), "The backbone's input for a frame: its codes' audio embeddings, summed.")
         .def("detokenize", [](SpeechEngine& s, const py::handle& codes) {
                  IntArray a = py::cast<IntArray>(codes);
@@ -172,7 +141,7 @@ void register_speech(py::module_& m) {
                      py::gil_scoped_release nogil;
                      out = s.detokenize(frames);
                  }
-                 return matrix(out, s.n_spec());
+                 return bind::float_array(out, s.n_spec());
              }, py::arg("codes"), "The detokenizer's spectrogram rows (6 per frame, n_spec each), from a fresh state.");
 }
 

@@ -322,7 +322,7 @@ class Model:
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            return fn(*args)
+            return self.scheduler.call(lambda: fn(*args))  # on the engine's thread, like all compute
         except ValueError as e:
             raise PylfmError(str(e)) from None
         except RuntimeError as e:

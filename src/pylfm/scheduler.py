@@ -19,7 +19,7 @@ import logging
 import threading
 import weakref
 from collections import deque
-from typing import Any, Deque, Dict, List, Tuple
+from typing import Any, Callable, Deque, Dict, List, Tuple
 
 from . import _core
 
@@ -50,14 +50,39 @@ class Scheduler:
     def submit(self, job: Any) -> None:
         """Queues a job; its windows start as slots free."""
         with self._lock:
-            if self._closed:
-                raise RuntimeError("this model has been closed")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._engine.run, args=(self._on_events,),
-                                                name="pylfm-engine", daemon=True)
-                self._thread.start()
+            self._start()
             self._jobs.append(job)
             self._feed()
+
+    def call(self, fn: Callable[[], Any], cancel: Any = None) -> Any:
+        """Runs ``fn()`` on the engine's thread between steps and returns its result (or
+        raises its exception). Every other native computation (speech generation, the
+        engine probes) goes through here: ggml's OpenMP threads lose their spinning, and
+        half their speed on a small machine, once a second thread computes. Ctrl-C while
+        waiting sets ``cancel`` (a ``_core.CancelFlag``) and is raised when ``fn`` ends."""
+        out: Dict[str, Any] = {}
+
+        def task() -> None:
+            try:
+                out["value"] = fn()
+            except BaseException as e:  # handed back to the caller's thread
+                out["error"] = e
+
+        with self._lock:
+            self._start()
+        self._engine.call(task, cancel)
+        if "error" in out:
+            raise out["error"]
+        return out.get("value")
+
+    def _start(self) -> None:
+        """Starts the engine's thread on first use (lock held)."""
+        if self._closed:
+            raise RuntimeError("this model has been closed")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._engine.run, args=(self._on_events,),
+                                            name="pylfm-engine", daemon=True)
+            self._thread.start()
 
     @property
     def busy(self) -> int:

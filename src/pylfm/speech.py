@@ -322,6 +322,7 @@ class _Run:
         from . import _core
 
         self.engine = speech_engine(model)
+        self.scheduler = model.scheduler
         self.parts, self.audio, self.params = parts, audio, params
         self.cancel = _core.CancelFlag()
         self.istft = StreamingISTFT()
@@ -348,7 +349,9 @@ class _Run:
         from .scheduler import drain_llama_log
 
         try:
-            self.result = self.engine.generate(self.parts, self.audio, self.params, on_event, self.cancel)
+            # On the engine's thread, between transcription steps (see Scheduler.call).
+            self.result = self.scheduler.call(
+                lambda: self.engine.generate(self.parts, self.audio, self.params, on_event, self.cancel), self.cancel)
         except ValueError as e:  # the request cannot run (too long, ...)
             self.error = SpeechError(str(e))
         except RuntimeError as e:  # the engine failed
@@ -360,10 +363,12 @@ class _Run:
 
     def chunks(self) -> Iterator[SpeechChunk]:
         """Streams the answer; closing the iterator cancels the generation."""
-        q: "queue.Queue[Optional[tuple]]" = queue.Queue()
+        q: "queue.Queue[Optional[SpeechChunk]]" = queue.Queue()
 
         def on_event(kind, text, token, codes, spectrum):
-            q.put((kind, text, spectrum))
+            # The ISTFT runs here, on the generating thread, as in `run`: the consumer only
+            # takes finished chunks, so it never holds the GIL while the engine waits for it.
+            q.put(self._chunk(kind, text, spectrum))
 
         def work():
             try:
@@ -378,7 +383,7 @@ class _Run:
                 item = q.get()
                 if item is None:
                     break
-                yield self._chunk(*item)
+                yield item
             if self.error is not None:
                 raise self.error
             tail = self.istft.finish()
@@ -389,7 +394,7 @@ class _Run:
             thread.join()
 
     def run(self, on_text: Optional[Callable[[str], None]] = None) -> List[SpeechChunk]:
-        """The whole answer, generated on the calling thread (``on_text`` sees each text piece)."""
+        """The whole answer (generated on the engine's thread; ``on_text`` sees each text piece there)."""
         out: List[SpeechChunk] = []
 
         def on_event(kind, text, token, codes, spectrum):

@@ -30,7 +30,7 @@ import gguf
 
 from ..errors import ConversionError
 from .checkpoint import Checkpoint, _read_safetensors_header
-from .text_model import lfm2_ff_dim
+from .text_model import lfm2_ff_dim, lfm2_shapes
 from .writer import OutTensor, QType
 
 # The architecture string of Liquid's vocoder GGUFs (llama.cpp refuses to run it as an LLM).
@@ -168,29 +168,8 @@ def detok_hparams(cfg: dict[str, Any]) -> DetokHParams:
 
 def expected_detok_tensors(hp: DetokHParams) -> dict[str, tuple[int, ...]]:
     """Every tensor of liquid-audio's LFM2AudioDetokenizer with the shape its config implies."""
-    h, ff, kv = hp.hidden, hp.ff, hp.n_head_kv * hp.head_dim
-    shapes: dict[str, tuple[int, ...]] = {"emb.emb.weight": (8 * DETOK_CODES, h),
-                                          "lfm.embed_tokens.weight": (hp.vocab, h)}
-    for i, kind in enumerate(hp.layer_types):
-        p = f"lfm.layers.{i}."
-        if kind == "conv":
-            shapes[p + "conv.conv.weight"] = (h, 1, hp.l_cache)
-            shapes[p + "conv.in_proj.weight"] = (3 * h, h)
-            shapes[p + "conv.out_proj.weight"] = (h, h)
-        else:
-            shapes[p + "self_attn.q_proj.weight"] = (h, h)
-            shapes[p + "self_attn.k_proj.weight"] = (kv, h)
-            shapes[p + "self_attn.v_proj.weight"] = (kv, h)
-            shapes[p + "self_attn.out_proj.weight"] = (h, h)
-            shapes[p + "self_attn.q_layernorm.weight"] = (hp.head_dim,)
-            shapes[p + "self_attn.k_layernorm.weight"] = (hp.head_dim,)
-        shapes[p + "feed_forward.w1.weight"] = (ff, h)
-        shapes[p + "feed_forward.w3.weight"] = (ff, h)
-        shapes[p + "feed_forward.w2.weight"] = (h, ff)
-        shapes[p + "operator_norm.weight"] = (h,)
-        shapes[p + "ffn_norm.weight"] = (h,)
-    shapes["lfm.embedding_norm.weight"] = (h,)
-    shapes["lin.weight"] = (hp.n_out, h)
+    shapes = {"emb.emb.weight": (8 * DETOK_CODES, hp.hidden), **lfm2_shapes(hp, hp.hidden)}
+    shapes["lin.weight"] = (hp.n_out, hp.hidden)
     shapes["lin.bias"] = (hp.n_out,)
     return shapes
 

@@ -100,10 +100,11 @@ def text_hparams(lfm: dict[str, Any]) -> TextHParams:
     )
 
 
-def expected_text_tensors(hp: TextHParams) -> dict[str, tuple[int, ...]]:
-    """Every ``lfm.*`` tensor of transformers' Lfm2Model with the shape the config implies."""
-    h, ff = hp.hidden, hp.ff
-    q, kv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+def lfm2_shapes(hp: Any, q_dim: int) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an LFM2 backbone under ``lfm.`` (transformers' Lfm2Model layout),
+    shaped from ``hp`` (hidden, ff, vocab, l_cache, n_head_kv, head_dim, layer_types) with
+    ``q_dim`` query width: the ASR backbone and the audio detokenizer's share it."""
+    h, ff, kv = hp.hidden, hp.ff, hp.n_head_kv * hp.head_dim
     shapes: dict[str, tuple[int, ...]] = {"lfm.embed_tokens.weight": (hp.vocab, h)}
     for i, kind in enumerate(hp.layer_types):
         p = f"lfm.layers.{i}."
@@ -112,10 +113,10 @@ def expected_text_tensors(hp: TextHParams) -> dict[str, tuple[int, ...]]:
             shapes[p + "conv.in_proj.weight"] = (3 * h, h)
             shapes[p + "conv.out_proj.weight"] = (h, h)
         else:
-            shapes[p + "self_attn.q_proj.weight"] = (q, h)
+            shapes[p + "self_attn.q_proj.weight"] = (q_dim, h)
             shapes[p + "self_attn.k_proj.weight"] = (kv, h)
             shapes[p + "self_attn.v_proj.weight"] = (kv, h)
-            shapes[p + "self_attn.out_proj.weight"] = (h, q)
+            shapes[p + "self_attn.out_proj.weight"] = (h, q_dim)
             shapes[p + "self_attn.q_layernorm.weight"] = (hp.head_dim,)
             shapes[p + "self_attn.k_layernorm.weight"] = (hp.head_dim,)
         shapes[p + "feed_forward.w1.weight"] = (ff, h)
@@ -125,6 +126,11 @@ def expected_text_tensors(hp: TextHParams) -> dict[str, tuple[int, ...]]:
         shapes[p + "ffn_norm.weight"] = (h,)
     shapes["lfm.embedding_norm.weight"] = (h,)
     return shapes
+
+
+def expected_text_tensors(hp: TextHParams) -> dict[str, tuple[int, ...]]:
+    """Every ``lfm.*`` tensor of transformers' Lfm2Model with the shape the config implies."""
+    return lfm2_shapes(hp, hp.n_head * hp.head_dim)
 
 
 def plan_text(ckpt: Checkpoint, outtype: str) -> tuple[TextHParams, list[OutTensor]]:
