@@ -236,7 +236,8 @@ def compare(model: str, mmproj: str, pcm: np.ndarray, *, n_threads: int, repeat:
     through both (alternating which goes first), so that a change in machine load hits
     both alike. pylfm's time is the wall time of ``Model.transcribe`` on the 16 kHz
     array (its audio checks, window split, prompt, engine call and result building);
-    the bare loop's is tokenize -> eval chunks -> greedy loop. Overhead per round =
+    the bare loop's is tokenize -> eval chunks -> greedy loop, run on pylfm's engine
+    thread (one computing thread per process, as pylfm itself keeps it). Overhead per round =
     pylfm / bare - 1; the report gives the median of the rounds and the ratio of the
     minima.
     """
@@ -261,7 +262,9 @@ def compare(model: str, mmproj: str, pcm: np.ndarray, *, n_threads: int, repeat:
             return r, (time.perf_counter() - t0) * 1e3
 
         def run_bare() -> Dict[str, Any]:
-            return asr.run(pcm, prompt, max_new_tokens=n, ignore_eos=ignore_eos)
+            # On pylfm's engine thread, so that one thread of this process computes: with
+            # two, libgomp stops spinning in both worker pools and slows both down.
+            return lfm.scheduler.call(lambda: asr.run(pcm, prompt, max_new_tokens=n, ignore_eos=ignore_eos))
 
         for _ in range(warmup):
             run_pylfm()

@@ -25,8 +25,9 @@ speech-like clips, 96 tokens forced per request):
 Latency is per request, from sending the upload to the last byte of the answer (with ``--stream``, also the time to the first
 text delta). requests/s = completed requests / wall time of the level. "audio x" is
 seconds of audio transcribed per second of wall time. A request answered with anything
-but 200, or whose text differs from the first answer (the server decodes greedily, so
-the same audio must give the same text), counts as a failure.
+but 200 counts as a failure; one whose text differs from the first answer is counted
+apart (greedy decoding, but batched and single-row matrix kernels round differently in
+F16/quantized models, which can flip near-ties of random weights).
 
 Prints a table, or JSON with ``--json``.
 """
@@ -131,8 +132,10 @@ def run_level(target: Target, clients: int, requests: int, expected: Optional[st
             start.wait()
             for _ in range(requests):
                 r = target.request(client)
-                if r["ok"] and expected is not None and r["text"] != expected:
-                    r["ok"], r["status"] = False, "mismatch"
+                # Same audio, greedy: a different text is counted (not a failure). Batched and
+                # single-row matrix kernels round differently in F16/quantized models, which can
+                # flip a near-tie of random weights; F32 gives the same tokens (tests).
+                r["differs"] = r["ok"] and expected is not None and r["text"] != expected
                 with lock:
                     results.append(r)
 
@@ -156,6 +159,7 @@ def run_level(target: Target, clients: int, requests: int, expected: Optional[st
         "requests": len(results),
         "failures": len(results) - len(ok),
         "failure_kinds": failures,
+        "texts_differing_from_serial": sum(bool(r.get("differs")) for r in results),
         "wall_s": round(wall, 3),
         "requests_per_s": round(len(ok) / wall, 3) if wall > 0 else None,
         "p50_ms": round(percentile(lat, 50), 1),

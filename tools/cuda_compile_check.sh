@@ -53,7 +53,8 @@ if [[ -z "${CHECK_ONLY:-}" ]]; then
   [[ $rc == 0 ]] || { tail -30 "$W/build.log"; exit 1; }
 fi
 
-LIB=$("$PY" -c 'import llama_cpp, os; print(os.path.join(os.path.dirname(llama_cpp.__file__), "lib"))')
+# Found without importing llama_cpp: importing loads libggml-cuda, which needs a driver.
+LIB=$("$PY" -c 'import importlib.util, os; s = importlib.util.find_spec("llama_cpp"); print(os.path.join(list(s.submodule_search_locations)[0], "lib"))')
 CORE=$(ls "$VENV"/lib/python3*/site-packages/pylfm/_core*.so)
 say "llama.cpp libraries: $LIB"
 ls -la "$LIB" >&2
