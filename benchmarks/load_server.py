@@ -45,7 +45,6 @@ import time
 from typing import Any, Dict, List, Optional
 
 import httpx
-import numpy as np
 
 
 def make_audio(seconds: float, rate: int = 16000) -> bytes:

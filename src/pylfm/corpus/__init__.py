@@ -21,10 +21,10 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, Optional
 
 from .inputs import expand_inputs
-from .output import FORMATS, ExistingOutput, read_existing
+from .output import FORMATS, read_existing
 
 __all__ = ["transcribe_corpus", "CorpusSummary", "expand_inputs", "read_existing", "FORMATS"]
 
