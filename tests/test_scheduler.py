@@ -113,9 +113,9 @@ def test_cancel_stops_within_one_step_and_frees_the_slot(model):
     pieces = 0
     on_piece = job.on_piece
 
-    def count_and_cancel(k, text):  # runs on the engine thread, as every event does
+    def count_and_cancel(key, text, token):  # runs on the engine thread, as every event does
         nonlocal pieces
-        on_piece(k, text)
+        on_piece(key, text, token)
         pieces += 1
         if pieces == 30:
             job.cancel()
@@ -140,8 +140,8 @@ def _watched_job(model, opts):
     job.pieces_seen, job.pieces_at_cancel, job.cancelled_at = 0, None, None
     on_piece, cancel = job.on_piece, job.cancel
 
-    def count(k, text):
-        on_piece(k, text)
+    def count(key, text, token):
+        on_piece(key, text, token)
         job.pieces_seen += 1
 
     def record_cancel():

@@ -4,9 +4,8 @@
 #include <cctype>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
-
-#include "mtmd-helper.h"
 
 namespace pylfm {
 
@@ -16,20 +15,27 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// llama.cpp's LFM2A encoder has a fixed relative-position table: more than ~327 s of audio
-// in one clip aborts the process (a GGML_ASSERT). Refuse long before that.
-constexpr double kMaxClipSeconds = 320.0;
+// Prompt rows prefilled per loop turn while other sequences generate: a long prompt is
+// taken in between their steps instead of stalling them (speech must keep real time).
+constexpr int kPrefillSlice = 64;
 
 struct Cancelled {};
 
 ggml_backend_dev_t pick_device(const std::string& device) {
-    // "auto": the first GPU the build has (CUDA, Metal, ...), else the CPU.
-    // "cpu": no GPU. "gpu"/"cuda"/"metal"/... optionally ":N": that device or an error.
+    // "cpu": no GPU. "auto": the first GPU the build has, else the CPU. "<backend>:<i>" (the
+    // registry's name, any case: "cuda:0", "mtl:0"), "<backend>", "gpu", "gpu:<i>": that
+    // device or an error. pylfm.engine's device table maps the user's words to these.
     if (device == "cpu") return nullptr;
     std::string kind = device, index_str;
     auto colon = device.find(':');
     if (colon != std::string::npos) { kind = device.substr(0, colon); index_str = device.substr(colon + 1); }
-    int want = index_str.empty() ? 0 : std::stoi(index_str);
+    for (auto& c : kind) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    int want = 0;
+    if (!index_str.empty()) {
+        if (!std::all_of(index_str.begin(), index_str.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); }))
+            throw std::invalid_argument("device '" + device + "': the index must be a number");
+        want = std::stoi(index_str);
+    }
     int seen = 0;
     std::vector<std::string> available;
     for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
@@ -53,34 +59,67 @@ ggml_backend_dev_t pick_device(const std::string& device) {
 
 }  // namespace
 
-// A sequence slot of the context and what its current request has produced so far.
-struct Engine::Slot {
-    llama_seq_id seq = 0;
-    bool active = false;
-    uint64_t id = 0;
-    std::shared_ptr<CancelFlag> cancel;
-    SamplingParams params;
-    SamplerPtr sampler;
-    llama_pos n_past = 0;
-    llama_token next = -1;
-    double next_logprob = 0;
-    int max_new = 0;
-    bool ctx_limited = false;  // max_new was cut to what the context holds
-    std::string pending;       // bytes of a character not yet complete
-    std::shared_ptr<Result> result;
+// A prompt ready to prefill: runs of token ids and of embeddings, in order.
+struct Engine::Prompt {
+    struct Segment {
+        bool embd = false;
+        std::vector<llama_token> tokens;
+        std::vector<float> rows;                    // embd: n x n_embd floats (filled by encode for audio input)
+        const mtmd_input_chunk* chunk = nullptr;    // audio input still to encode
+        int n = 0;
+    };
+    std::vector<ChunksPtr> chunks;  // own the mtmd chunks the segments point into
+    std::vector<Segment> segs;
+    int n_rows = 0, n_audio = 0;
+    bool encoded = false;
 };
 
-// A request taken from the queue and tokenized, waiting for a slot.
-struct Engine::Pending {
-    Request req;
-    ChunksPtr chunks;
-    int n_prompt = 0;
+// A sequence slot of the context, the request it runs and what it has produced so far.
+struct Engine::Slot {
+    llama_seq_id seq = 0;
+    bool reserved = false;  // owned by a session: its sequence outlives requests
+    enum Phase { Idle, Prefill, Generate } phase = Idle;
+    llama_pos n_past = 0;
+
+    // the request
+    uint64_t id = 0;
+    bool speech = false;
+    std::shared_ptr<CancelFlag> cancel;
+    SamplingParams params;
+    SpeechParams sp;
+    std::shared_ptr<Result> result;
+    Prompt prompt;
+    size_t seg = 0;
+    int seg_off = 0;
+
+    // the next row to decode: a token or an embedding; `item`: a generated one (not the prompt's last)
+    llama_token next = -1;
+    std::vector<float> next_embd;
+    bool next_is_embd = false, next_is_item = false, checkpoint_after = false;
+
+    // text generation
+    SamplerPtr sampler;
+    int max_new = 0;
+    bool ctx_limited = false;
+    std::string pending;  // bytes of a character not yet complete
+
+    // speech generation
+    bool audio_mode = false, text_done = false;
+    int left = 0, steps = 0;
+    SamplerPtr text_smpl, audio_smpl;
+
+    // a session's checkpoints (recurrent state): at the start of its last reply, and before
+    // the turn being read (a cancel while reading it goes back there)
+    std::vector<uint8_t> ckpt, turn_ckpt;
+    llama_pos ckpt_pos = -1, turn_pos = 0;
+
+    bool busy() const { return phase != Idle; }
 };
 
 Engine::Engine(const std::string& model_path, const std::string& mmproj_path, int n_threads, const std::string& device,
-               int n_ctx_seq, int n_batch, int n_seq_max, bool flash_attn, bool grow_ctx)
-    : n_threads_(n_threads), n_batch_(n_batch), n_seq_max_(std::max(1, n_seq_max)), flash_attn_(flash_attn),
-      grow_ctx_(grow_ctx) {
+               int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx)
+    : model_path_(model_path), n_threads_(n_threads), n_batch_(n_batch), n_slots_(std::max(1, n_slots)),
+      flash_attn_(flash_attn), grow_ctx_(grow_ctx) {
     ensure_backend();
     auto t0 = std::chrono::steady_clock::now();
     gpu_ = pick_device(device);
@@ -93,8 +132,17 @@ Engine::Engine(const std::string& model_path, const std::string& mmproj_path, in
     if (!model_) throw engine_error("could not load the text model '" + model_path + "'");
     vocab_ = llama_model_get_vocab(model_);
     max_ctx_seq_ = std::max(n_ctx_seq, static_cast<int>(llama_model_n_ctx_train(model_)));
+    // An all-F32 model gets an F32 cache: its hidden states then match the reference closely
+    // enough for greedy audio codes to agree (the depthformer's decisions are often close).
+    char ftype[16] = {0};
+    f32_cache_ = llama_model_meta_val_str(model_, "general.file_type", ftype, sizeof ftype) > 0 && std::atoi(ftype) == 0;
 
     try {
+        token_embd_.open(model_path, n_embd());
+        for (int i = 0; i <= n_slots_; ++i) {
+            slots_.push_back(std::make_unique<Slot>());
+            slots_.back()->seq = static_cast<llama_seq_id>(i);
+        }
         create_context(n_ctx_seq);
     } catch (...) {
         free_all();
@@ -118,44 +166,65 @@ Engine::Engine(const std::string& model_path, const std::string& mmproj_path, in
     }
     sample_rate_ = mtmd_get_audio_sample_rate(mctx_);
     device_ = gpu_ ? std::string(ggml_backend_dev_name(gpu_)) + " (" + ggml_backend_dev_description(gpu_) + ")" : "CPU";
-    for (int i = 0; i < n_seq_max_; ++i) {
-        slots_.push_back(std::make_unique<Slot>());
-        slots_.back()->seq = static_cast<llama_seq_id>(i);
-    }
     load_ms_ = ms_since(t0);
 }
 
 Engine::~Engine() { free_all(); }
 
 void Engine::free_all() {
+    speech_.reset();
     if (mctx_) { mtmd_free(mctx_); mctx_ = nullptr; }
     if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }
     if (model_) { llama_model_free(model_); model_ = nullptr; }
 }
 
 void Engine::create_context(int n_ctx_seq) {
+    const int n_seqs = n_slots_ + 1;  // + the probes' sequence
     llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = static_cast<uint32_t>(n_ctx_seq) * static_cast<uint32_t>(n_seq_max_);
-    cp.n_batch = static_cast<uint32_t>(n_batch_);
-    cp.n_ubatch = static_cast<uint32_t>(n_batch_);
-    cp.n_seq_max = static_cast<uint32_t>(n_seq_max_);
+    cp.n_ctx = static_cast<uint32_t>(n_ctx_seq) * static_cast<uint32_t>(n_seqs);
+    cp.n_batch = static_cast<uint32_t>(std::max(n_batch_, n_seqs));
+    cp.n_ubatch = cp.n_batch;
+    cp.n_seq_max = static_cast<uint32_t>(n_seqs);
     // One KV stream per sequence (n_ctx / n_seq_max each): a batched token then attends
     // only to its own sequence's cells, not to every sequence's (masked) cells.
     cp.kv_unified = false;
     cp.n_threads = n_threads_;
     cp.n_threads_batch = n_threads_;
     cp.no_perf = true;
+    cp.pooling_type = LLAMA_POOLING_TYPE_NONE;  // hidden states per row, for the audio head
     cp.flash_attn_type = flash_attn_ ? LLAMA_FLASH_ATTN_TYPE_AUTO : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    if (f32_cache_) { cp.type_k = GGML_TYPE_F32; cp.type_v = GGML_TYPE_F32; }
     if (!gpu_) cp.op_offload = false;  // device="cpu" means no GPU work at all
     placement_.attach(cp);
     if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }  // never hold two contexts' memory
     ctx_ = llama_init_from_model(model_, cp);
     if (!ctx_) throw engine_error("could not create a llama context of " + std::to_string(n_ctx_seq) +
-                                  " tokens per sequence x " + std::to_string(n_seq_max_) + " sequences");
+                                  " tokens per sequence x " + std::to_string(n_seqs) + " sequences");
     n_ctx_seq_ = static_cast<int>(llama_n_ctx_seq(ctx_));
+    embeddings_on_ = false;
 }
 
-int Engine::n_ctx_seq() const { return n_ctx_seq_; }
+// A larger context; the sessions' histories move over (saved and restored whole).
+void Engine::grow_context(int n_ctx_seq) {
+    std::vector<std::pair<Slot*, std::vector<uint8_t>>> kept;
+    for (auto& sp : slots_) {
+        if (!sp->reserved || sp->n_past == 0) continue;
+        std::vector<uint8_t> data(llama_state_seq_get_size(ctx_, sp->seq));
+        data.resize(llama_state_seq_get_data(ctx_, data.data(), data.size(), sp->seq));
+        kept.emplace_back(sp.get(), std::move(data));
+    }
+    const int before = n_ctx_seq_;
+    try {
+        create_context(n_ctx_seq);
+    } catch (const std::exception&) {
+        create_context(before);  // back to the size that worked
+        for (auto& k : kept) llama_state_seq_set_data(ctx_, k.second.data(), k.second.size(), k.first->seq);
+        throw;
+    }
+    for (auto& k : kept)
+        if (llama_state_seq_set_data(ctx_, k.second.data(), k.second.size(), k.first->seq) != k.second.size())
+            throw engine_error("could not move a conversation's history into the larger context");
+}
 
 std::string Engine::description() const {
     char buf[256];
@@ -169,184 +238,298 @@ std::string Engine::token_piece(llama_token t, bool special) const {
     return n < 0 ? std::string() : std::string(buf, n);
 }
 
-int Engine::count_tokens(const std::string& text, bool special) const {
+std::vector<llama_token> Engine::tokenize_text(const std::string& text, bool special) const {
     int n = llama_tokenize(vocab_, text.c_str(), static_cast<int32_t>(text.size()), nullptr, 0, false, special);
-    return n < 0 ? -n : n;
+    std::vector<llama_token> out(n < 0 ? -n : n);
+    if (!out.empty())
+        llama_tokenize(vocab_, text.c_str(), static_cast<int32_t>(text.size()), out.data(), static_cast<int32_t>(out.size()),
+                       false, special);
+    return out;
 }
 
-// ---------------------------------------------------------------- prompt -> chunks
-ChunksPtr Engine::tokenize(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio) {
+int Engine::count_tokens(const std::string& text, bool special) const {
+    return static_cast<int>(tokenize_text(text, special).size());
+}
+
+std::string Engine::failure() const {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    return failure_;
+}
+
+// ---------------------------------------------------------------- prompt -> rows
+// The one tokenizer: text and audio parts go through mtmd (audio becomes the encoder's
+// embeddings), token parts as they are, frame parts as their audio embeddings.
+Engine::Prompt Engine::tokenize(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio,
+                                bool add_special) {
+    Prompt p;
+    std::vector<bool> used(audio.size(), false);
     std::vector<BitmapPtr> bitmaps;
-    for (auto& pcm : audio) {
-        if (pcm.empty()) throw std::invalid_argument("an audio clip is empty");
-        if (pcm.size() > static_cast<size_t>(kMaxClipSeconds * sample_rate_))
-            throw std::invalid_argument("an audio clip of " + std::to_string(pcm.size() / sample_rate_) +
-                                        " s is longer than the audio encoder takes at once (" +
-                                        std::to_string(static_cast<int>(kMaxClipSeconds)) + " s); use shorter windows");
-        bitmaps.emplace_back(mtmd_bitmap_init_from_audio(pcm.size(), pcm.data()));
-        if (!bitmaps.back()) throw engine_error("could not prepare the audio");
-    }
     std::vector<mtmd_input_text> texts(parts.size());
     std::vector<mtmd_input_part> mparts(parts.size());
-    std::vector<const mtmd_input_part*> ptrs;
-    std::vector<bool> used(audio.size(), false);
-    for (size_t i = 0; i < parts.size(); ++i) {
-        const PromptPart& p = parts[i];
-        if (p.audio >= 0) {
-            if (p.audio >= static_cast<int>(audio.size()) || used[p.audio])
-                throw std::invalid_argument("a prompt part refers to a missing audio clip");
-            used[p.audio] = true;
-            mparts[i] = {nullptr, bitmaps[p.audio].get()};
-        } else {
-            texts[i] = {p.text.c_str(), p.text.size(), false, p.special};
-            mparts[i] = {&texts[i], nullptr};
+
+    auto add_tokens = [&](const llama_token* t, size_t n) {
+        if (n == 0) return;
+        if (p.segs.empty() || p.segs.back().embd) p.segs.emplace_back();
+        auto& s = p.segs.back();
+        s.tokens.insert(s.tokens.end(), t, t + n);
+        s.n += static_cast<int>(n);
+        p.n_rows += static_cast<int>(n);
+    };
+    bool first_run = true;
+    size_t i = 0;
+    while (i < parts.size()) {
+        const PromptPart& part = parts[i];
+        if (part.kind == PromptPart::Tokens) {
+            for (llama_token t : part.tokens)
+                if (t < 0 || t >= n_vocab()) throw std::invalid_argument("a prompt token id is out of range");
+            add_tokens(part.tokens.data(), part.tokens.size());
+            ++i;
+            continue;
         }
-        ptrs.push_back(&mparts[i]);
+        if (part.kind == PromptPart::Frames) {
+            if (!speech_) throw std::invalid_argument("audio frames in a prompt need the speech GGUFs (load_speech)");
+            if (!part.frames.empty()) {
+                Prompt::Segment s;
+                s.embd = true;
+                std::vector<float> rows;
+                for (const Frame& f : part.frames) {
+                    speech_->embed(&f, 1, rows, nullptr);
+                    s.rows.insert(s.rows.end(), rows.begin(), rows.end());
+                }
+                s.n = static_cast<int>(part.frames.size());
+                p.n_rows += s.n;
+                p.segs.push_back(std::move(s));
+            }
+            ++i;
+            continue;
+        }
+        // a run of text and audio parts: mtmd's tokenizer
+        std::vector<const mtmd_input_part*> ptrs;
+        size_t j = i;
+        for (; j < parts.size() && (parts[j].kind == PromptPart::Text || parts[j].kind == PromptPart::Audio); ++j) {
+            const PromptPart& q = parts[j];
+            if (q.kind == PromptPart::Audio) {
+                if (q.audio < 0 || q.audio >= static_cast<int>(audio.size()) || used[q.audio])
+                    throw std::invalid_argument("a prompt part refers to a missing audio clip");
+                used[q.audio] = true;
+                const auto& pcm = audio[q.audio];
+                if (pcm.empty()) throw std::invalid_argument("an audio clip is empty");
+                if (pcm.size() > static_cast<size_t>(kMaxClipSeconds * sample_rate_))
+                    throw std::invalid_argument("an audio clip of " + std::to_string(pcm.size() / sample_rate_) +
+                                                " s is longer than the audio encoder takes at once (" +
+                                                std::to_string(static_cast<int>(kMaxClipSeconds)) + " s); use shorter windows");
+                bitmaps.emplace_back(mtmd_bitmap_init_from_audio(pcm.size(), pcm.data()));
+                if (!bitmaps.back()) throw engine_error("could not prepare the audio");
+                mparts[j] = {nullptr, bitmaps.back().get()};
+            } else {
+                texts[j] = {q.text.c_str(), q.text.size(), false, q.special};
+                mparts[j] = {&texts[j], nullptr};
+            }
+            ptrs.push_back(&mparts[j]);
+        }
+        ChunksPtr chunks(mtmd_input_chunks_init());
+        const int32_t rc = mtmd_tokenize_from_parts(mctx_, chunks.get(), ptrs.data(), ptrs.size(), add_special && first_run);
+        if (rc != 0) throw engine_error("could not turn the audio into model input (too short or unsupported)");
+        first_run = false;
+        for (size_t c = 0; c < mtmd_input_chunks_size(chunks.get()); ++c) {
+            const mtmd_input_chunk* ch = mtmd_input_chunks_get(chunks.get(), c);
+            if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
+                size_t n = 0;
+                const llama_token* t = mtmd_input_chunk_get_tokens_text(ch, &n);
+                add_tokens(t, n);
+            } else if (mtmd_input_chunk_get_type(ch) == MTMD_INPUT_CHUNK_TYPE_AUDIO) {
+                Prompt::Segment s;
+                s.embd = true;
+                s.chunk = ch;
+                s.n = static_cast<int>(mtmd_input_chunk_get_n_tokens(ch));
+                p.n_rows += s.n;
+                p.n_audio += s.n;
+                p.segs.push_back(std::move(s));
+            } else {
+                throw std::invalid_argument("images are not supported");
+            }
+        }
+        p.chunks.push_back(std::move(chunks));
+        i = j;
     }
-    ChunksPtr chunks(mtmd_input_chunks_init());
-    int32_t rc;
-    {
-        std::lock_guard<std::mutex> lock(mtmd_mu_);
-        rc = mtmd_tokenize_from_parts(mctx_, chunks.get(), ptrs.data(), ptrs.size(), /*add_special=*/true);
+    return p;
+}
+
+// Runs the audio encoder over the prompt's audio chunks (the expensive part of taking a
+// request in).
+void Engine::encode(Prompt& p, double& encode_ms) {
+    if (p.encoded) return;
+    const int n_embd = this->n_embd();
+    auto t0 = std::chrono::steady_clock::now();
+    for (auto& s : p.segs) {
+        if (!s.chunk) continue;
+        if (mtmd_encode_chunk(mctx_, s.chunk) != 0) throw engine_error("audio encoding failed");
+        const float* e = mtmd_get_output_embd(mctx_);
+        s.rows.assign(e, e + static_cast<size_t>(s.n) * n_embd);
+        s.chunk = nullptr;
     }
-    if (rc != 0) throw engine_error("could not turn the audio into model input (too short or unsupported)");
-    return chunks;
+    p.encoded = true;
+    p.chunks.clear();
+    encode_ms += ms_since(t0);
 }
 
 std::vector<llama_token> Engine::prompt_tokens(const std::vector<PromptPart>& parts,
                                                const std::vector<std::vector<float>>& audio) {
-    ChunksPtr chunks = tokenize(parts, audio);
+    Prompt p = tokenize(parts, audio, true);
     std::vector<llama_token> out;
-    for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); ++i) {
-        const mtmd_input_chunk* c = mtmd_input_chunks_get(chunks.get(), i);
-        if (mtmd_input_chunk_get_type(c) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
-            size_t n = 0;
-            const llama_token* t = mtmd_input_chunk_get_tokens_text(c, &n);
-            out.insert(out.end(), t, t + n);
-        } else {
-            out.insert(out.end(), mtmd_input_chunk_get_n_tokens(c), -1);
-        }
+    for (auto& s : p.segs) {
+        if (s.embd) out.insert(out.end(), s.n, -1);
+        else out.insert(out.end(), s.tokens.begin(), s.tokens.end());
     }
     return out;
 }
 
 std::vector<float> Engine::encode_audio(const std::vector<float>& pcm, size_t& n_tokens) {
-    std::vector<PromptPart> parts(1);
-    parts[0].audio = 0;
-    ChunksPtr chunks = tokenize(parts, {pcm});
-    for (size_t i = 0; i < mtmd_input_chunks_size(chunks.get()); ++i) {
-        const mtmd_input_chunk* c = mtmd_input_chunks_get(chunks.get(), i);
-        if (mtmd_input_chunk_get_type(c) != MTMD_INPUT_CHUNK_TYPE_AUDIO) continue;
-        std::lock_guard<std::mutex> lock(mtmd_mu_);
-        if (mtmd_encode_chunk(mctx_, c) != 0) throw engine_error("audio encoding failed");
-        n_tokens = mtmd_input_chunk_get_n_tokens(c);
-        const float* e = mtmd_get_output_embd(mctx_);
-        return std::vector<float>(e, e + n_tokens * static_cast<size_t>(n_embd()));
-    }
+    PromptPart part;
+    part.kind = PromptPart::Audio;
+    part.audio = 0;
+    Prompt p = tokenize({part}, {pcm}, false);
+    double ms = 0;
+    encode(p, ms);
+    for (auto& s : p.segs)
+        if (s.embd) {
+            n_tokens = static_cast<size_t>(s.n);
+            return s.rows;
+        }
     throw std::runtime_error("the prompt produced no audio chunk");
 }
 
-// Evaluates the prompt into slot s; the logits of its last token stay available.
-void Engine::prefill(const mtmd_input_chunks* chunks, Slot& s) {
-    size_t n_chunks = mtmd_input_chunks_size(chunks);
-    if (n_chunks == 0 || mtmd_input_chunk_get_type(mtmd_input_chunks_get(chunks, n_chunks - 1)) != MTMD_INPUT_CHUNK_TYPE_TEXT)
-        throw std::invalid_argument("the prompt must end with text after the audio");
+// Prefills up to `budget` rows of slot s's prompt (all but its last row, which the next
+// decode step takes); returns true when the prompt is in.
+bool Engine::prefill_some(Slot& s, int budget) {
     const int n_embd = this->n_embd();
+    if (embeddings_on_) { llama_set_embeddings(ctx_, false); embeddings_on_ = false; }
     auto phase = placement_.phase("prefill");
     RowBatch batch(n_batch_);
-    auto check_cancel = [&] { if (s.cancel && s.cancel->set.load()) throw Cancelled{}; };
-    for (size_t i = 0; i < n_chunks; ++i) {
-        const mtmd_input_chunk* c = mtmd_input_chunks_get(chunks, i);
-        bool last_chunk = i + 1 == n_chunks;
-        check_cancel();
-        if (mtmd_input_chunk_get_type(c) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
-            size_t n = 0;
-            const llama_token* toks = mtmd_input_chunk_get_tokens_text(c, &n);
-            auto t0 = std::chrono::steady_clock::now();
-            for (size_t off = 0; off < n; off += n_batch_) {
-                batch.clear();
-                size_t end = std::min(n, off + n_batch_);
-                for (size_t j = off; j < end; ++j) batch.add(toks[j], s.n_past++, s.seq, last_chunk && j + 1 == n);
-                if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("prompt evaluation failed");
-                if (end < n) check_cancel();
-            }
-            s.result->prefill_ms += ms_since(t0);
-        } else {
-            size_t n = mtmd_input_chunk_get_n_tokens(c);
-            std::vector<float> embd;
-            auto t0 = std::chrono::steady_clock::now();
-            {
-                std::lock_guard<std::mutex> lock(mtmd_mu_);
-                if (mtmd_encode_chunk(mctx_, c) != 0) throw engine_error("audio encoding failed");
-                const float* e = mtmd_get_output_embd(mctx_);
-                embd.assign(e, e + n * static_cast<size_t>(n_embd));
-            }
-            s.result->encode_ms += ms_since(t0);
-            s.result->n_audio_tokens += static_cast<int>(n);
-            check_cancel();
-            auto t1 = std::chrono::steady_clock::now();
-            for (size_t off = 0; off < n; off += n_batch_) {
-                batch.clear();
-                batch.set_embd(embd.data() + off * n_embd);
-                size_t end = std::min(n, off + n_batch_);
-                for (size_t j = off; j < end; ++j) batch.add_embd_row(s.n_past++, s.seq);
-                if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("decoding the audio embeddings failed");
-                if (end < n) check_cancel();
-            }
-            s.result->prefill_ms += ms_since(t1);
+    auto t0 = std::chrono::steady_clock::now();
+    int done = 0;
+    while (s.seg < s.prompt.segs.size()) {
+        auto& seg = s.prompt.segs[s.seg];
+        const bool last_seg = s.seg + 1 == s.prompt.segs.size();
+        const int end_of_seg = last_seg ? seg.n - 1 : seg.n;  // the prompt's last row waits for the step
+        if (s.seg_off >= end_of_seg) {
+            if (last_seg) break;
+            ++s.seg;
+            s.seg_off = 0;
+            continue;
         }
+        if (done >= budget) break;
+        if (s.cancel && s.cancel->set.load()) throw Cancelled{};
+        const int m = std::min({end_of_seg - s.seg_off, n_batch_, budget - done});
+        batch.clear();
+        if (seg.embd) {
+            batch.set_embd(seg.rows.data() + static_cast<size_t>(s.seg_off) * n_embd);
+            for (int j = 0; j < m; ++j) batch.add_embd_row(s.n_past++, s.seq);
+        } else {
+            for (int j = 0; j < m; ++j) batch.add(seg.tokens[s.seg_off + j], s.n_past++, s.seq, false);
+        }
+        if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("prompt evaluation failed");
+        s.seg_off += m;
+        done += m;
     }
+    s.result->prefill_ms += ms_since(t0);
+    const bool in = s.seg + 1 >= s.prompt.segs.size() &&
+                    s.seg_off >= s.prompt.segs[s.seg].n - 1;
+    if (!in) return false;
+    // the last row becomes the first input of generation
+    const auto& last = s.prompt.segs.back();
+    s.next_is_item = false;
+    s.next_is_embd = last.embd;
+    if (last.embd) s.next_embd.assign(last.rows.end() - n_embd, last.rows.end());
+    else s.next = last.tokens.back();
+    s.checkpoint_after = s.reserved;
+    s.prompt = Prompt();  // its memory is no longer needed
+    s.phase = Slot::Generate;
+    return true;
 }
 
-// ---------------------------------------------------------------- sampling
-SamplerPtr Engine::make_sampler(const SamplingParams& sp) const {
-    SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
-    if (sp.repeat_penalty != 1.0f)
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_penalties(n_vocab(), sp.repeat_last_n, sp.repeat_penalty, 0.0f, 0.0f));
-    if (sp.temperature <= 0.0f) {
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_greedy());
-    } else {
-        if (sp.top_k > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(sp.top_k));
-        if (sp.top_p < 1.0f) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_p(sp.top_p, 1));
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(sp.temperature));
-        llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(sp.seed));
-    }
-    return chain;
+// ---------------------------------------------------------------- sessions
+Engine::Slot* Engine::free_slot() {
+    for (int i = 0; i < n_slots_; ++i)
+        if (!slots_[i]->reserved && !slots_[i]->busy()) return slots_[i].get();
+    return nullptr;
 }
 
-void Engine::sample(Slot& s, int row) {
-    s.next = llama_sampler_sample(s.sampler.get(), ctx_, row);
-    // log-probability of the choice under the raw logits (faster-whisper's avg_logprob);
-    // terms below max - 20 add less than 1e-4 in all and are skipped.
-    const float* l = llama_get_logits_ith(ctx_, row);
-    const int n = n_vocab();
-    float mx = l[0];
-    for (int i = 1; i < n; ++i) mx = std::max(mx, l[i]);
-    double sum = 0;
-    for (int i = 0; i < n; ++i)
-        if (l[i] > mx - 20.0f) sum += std::exp(static_cast<double>(l[i] - mx));
-    s.next_logprob = static_cast<double>(l[s.next] - mx) - std::log(sum);
+Engine::Slot& Engine::session_slot(int session) const {
+    if (session < 0 || session >= n_slots_ || !slots_[session]->reserved)
+        throw std::invalid_argument("no such session (closed?)");
+    return *slots_[session];
 }
 
-bool Engine::looping(const Slot& s) const {
-    const SamplingParams& sp = s.params;
-    if (sp.loop_max_period <= 0) return false;
-    const auto& t = s.result->tokens;
-    const int n = static_cast<int>(t.size());
-    for (int p = 1; p <= sp.loop_max_period; ++p) {
-        int need = std::max(sp.loop_min_span, sp.loop_min_repeats * p);
-        if (need > n) break;  // larger periods need even more tokens
-        int k = 0;
-        while (k < need - p && t[n - 1 - k] == t[n - 1 - k - p]) ++k;
-        if (k == need - p) return true;
+int Engine::open_session() {
+    for (int i = n_slots_ - 1; i >= 0; --i) {  // from the end: transient requests take the first free slots
+        Slot& s = *slots_[i];
+        if (s.reserved || s.busy()) continue;
+        llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
+        if (speech_) speech_->reset(s.seq);
+        s.reserved = true;
+        s.n_past = 0;
+        s.ckpt.clear();
+        s.ckpt_pos = -1;
+        return i;
     }
-    return false;
+    return -1;
+}
+
+void Engine::close_session(int session) {
+    Slot& s = session_slot(session);
+    if (s.busy()) throw std::invalid_argument("the session is still generating; cancel its reply first");
+    llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
+    s.reserved = false;
+    s.n_past = 0;
+    s.ckpt.clear();
+    s.ckpt_pos = -1;
+}
+
+void Engine::reset_session(int session) {
+    Slot& s = session_slot(session);
+    if (s.busy()) throw std::invalid_argument("the session is still generating; cancel its reply first");
+    llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
+    s.n_past = 0;
+    s.ckpt.clear();
+    s.ckpt_pos = -1;
+}
+
+// The recurrent (short-conv) state right after the reply's prompt: restoring it and
+// removing the attention cells behind it rolls the sequence back to that point.
+void Engine::checkpoint(Slot& s) {
+    const size_t size = llama_state_seq_get_size_ext(ctx_, s.seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+    s.ckpt.resize(size);
+    s.ckpt.resize(llama_state_seq_get_data_ext(ctx_, s.ckpt.data(), size, s.seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY));
+    s.ckpt_pos = s.n_past;
+}
+
+void Engine::rollback_session(int session) {
+    Slot& s = session_slot(session);
+    if (s.busy()) throw std::invalid_argument("the session is still generating; cancel its reply first");
+    if (s.ckpt_pos < 0 || s.ckpt.empty()) throw std::invalid_argument("the session has no reply to roll back");
+    if (llama_state_seq_set_data_ext(ctx_, s.ckpt.data(), s.ckpt.size(), s.seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) !=
+        s.ckpt.size())
+        throw engine_error("could not restore the conversation's checkpoint");
+    if (!llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, s.ckpt_pos, -1))
+        throw engine_error("could not remove the cut part of the reply");
+    s.n_past = s.ckpt_pos;
+}
+
+int Engine::session_n_past(int session) const { return session_slot(session).n_past; }
+bool Engine::session_busy(int session) const { return session_slot(session).busy(); }
+
+void Engine::load_speech(const std::string& vocoder_path, const std::string& detokenizer_path) {
+    speech_.reset();
+    speech_ = std::make_unique<SpeechHead>(model_, gpu_, n_threads_, n_slots_, vocoder_path, detokenizer_path);
 }
 
 // ---------------------------------------------------------------- the loop
 void Engine::submit(Request req) {
     {
         std::lock_guard<std::mutex> lock(queue_mu_);
+        if (!failure_.empty()) throw std::runtime_error("the engine stopped after an error (" + failure_ +
+                                                        "); load the model again");
         if (stop_) throw std::runtime_error("the engine has been shut down");
         queue_.push_back(std::move(req));
     }
@@ -358,6 +541,7 @@ std::future<void> Engine::post(std::function<void()> fn) {
     std::future<void> done = task.get_future();
     {
         std::lock_guard<std::mutex> lock(queue_mu_);
+        if (!failure_.empty()) throw std::runtime_error("the engine stopped after an error (" + failure_ + ")");
         if (stop_) throw std::runtime_error("the engine has been shut down");
         if (std::this_thread::get_id() != loop_thread_) {
             tasks_.push_back(std::move(task));
@@ -377,166 +561,408 @@ void Engine::shutdown() {
     queue_cv_.notify_all();
 }
 
-int Engine::ctx_needed(int n_prompt, int max_new) const {
-    return n_prompt + max_new + 1;
+int Engine::generating() const {
+    int n = 0;
+    for (auto& s : slots_) n += s->phase == Slot::Generate;
+    return n;
+}
+
+bool Engine::prefilling() const {
+    for (auto& s : slots_)
+        if (s->phase == Slot::Prefill) return true;
+    return false;
 }
 
 void Engine::release(Slot& s) {
-    llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
-    s.active = false;
+    if (!s.reserved) llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
+    s.phase = Slot::Idle;
     s.sampler.reset();
+    s.text_smpl.reset();
+    s.audio_smpl.reset();
     s.cancel.reset();
     s.result.reset();
-    --n_active_;
-    slot_freed_.notify_all();
+    s.prompt = Prompt();
+    s.next_embd.clear();
+    if (!s.reserved) s.n_past = 0;
+    --n_busy_;
 }
 
 void Engine::finish(Slot& s, const char* reason, std::vector<Event>& events) {
     std::string tail = take_utf8(s.pending, true);
     if (!tail.empty()) {
         s.result->text += tail;
-        events.push_back({Event::Piece, s.id, tail, nullptr});
+        Event ev{Event::Piece, s.id};
+        ev.text = tail;
+        events.push_back(std::move(ev));
     }
     s.result->stop_reason = reason;
-    events.push_back({Event::Done, s.id, std::string(), s.result});
+    s.result->n_past = s.n_past;
+    Event done{Event::Done, s.id};
+    done.result = s.result;
+    events.push_back(std::move(done));
+    release(s);
+}
+
+void Engine::fail(Slot& s, const std::string& message, std::vector<Event>& events) {
+    Event ev{Event::Error, s.id};
+    ev.text = message;
+    events.push_back(std::move(ev));
+    if (s.reserved) {  // the history is no longer what the session thinks: start it over
+        llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, -1, -1);
+        s.n_past = 0;
+        s.ckpt.clear();
+        s.ckpt_pos = -1;
+    }
     release(s);
 }
 
 // Frees the slots of cancelled requests, so their slots go to waiting work at once.
 void Engine::sweep_cancelled(std::vector<Event>& events) {
-    for (auto& sp : slots_)
-        if (sp->active && sp->cancel && sp->cancel->set.load()) finish(*sp, "cancelled", events);
-}
-
-// Admits at most one request into a free slot (encode, prefill, first sample): the loop
-// alternates admissions with decode steps, so active sequences keep advancing while a
-// queue of new windows is taken in, and a cancel is seen after at most one admission.
-void Engine::admit(std::vector<Event>& events) {
-    while (true) {
-        Slot* slot = nullptr;
-        for (auto& s : slots_) if (!s->active) { slot = s.get(); break; }
-        if (!slot) return;
-
-        std::unique_ptr<Pending> p;
-        if (deferred_) {
-            if (n_active_ > 0) return;  // wait for the context to drain, then grow it
-            p = std::move(deferred_);
-        } else {
-            std::lock_guard<std::mutex> lock(queue_mu_);
-            if (queue_.empty()) return;
-            p = std::make_unique<Pending>();
-            p->req = std::move(queue_.front());
-            queue_.pop_front();
-        }
-        Request& req = p->req;
-        const SamplingParams& sp = req.params;
-        auto result = std::make_shared<Result>();
-        if (req.cancel && req.cancel->set.load()) {
-            result->stop_reason = "cancelled";
-            events.push_back({Event::Done, req.id, std::string(), result});
-            continue;
-        }
-        try {
-            auto t0 = std::chrono::steady_clock::now();
-            if (!p->chunks) {
-                p->chunks = tokenize(req.parts, req.audio);  // computes the log-mel features
-                p->n_prompt = static_cast<int>(mtmd_helper_get_n_pos(p->chunks.get()));
-            }
-            result->encode_ms += ms_since(t0);
-            int need = ctx_needed(p->n_prompt, sp.max_new_tokens);
-            if (need > n_ctx_seq_ && grow_ctx_ && n_ctx_seq_ < max_ctx_seq_) {
-                if (n_active_ > 0) {  // FCFS: nothing is admitted past it; the active ones finish first
-                    deferred_ = std::move(p);
-                    has_deferred_ = true;
-                    return;
-                }
-                int grown = std::min(max_ctx_seq_, (need + 255) / 256 * 256);
-                try {
-                    create_context(grown);
-                } catch (const std::exception&) {
-                    create_context(n_ctx_seq_);  // back to the size that worked
-                    throw;
-                }
-            }
-            if (p->n_prompt + 1 > n_ctx_seq_)
-                throw std::length_error("the request needs " + std::to_string(p->n_prompt) +
-                                        " prompt tokens but a sequence's context holds " + std::to_string(n_ctx_seq_) +
-                                        "; use shorter audio windows, a shorter prompt or a larger n_ctx");
-        } catch (const std::exception& e) {
-            has_deferred_ = deferred_ != nullptr;
-            events.push_back({Event::Error, req.id, e.what(), nullptr});
-            continue;
-        }
-        has_deferred_ = deferred_ != nullptr;
-
-        Slot& s = *slot;
-        s.active = true;
-        ++n_active_;
-        s.id = req.id;
-        s.cancel = req.cancel;
-        s.params = sp;
-        s.sampler = make_sampler(sp);
-        s.n_past = 0;
-        s.pending.clear();
-        s.result = result;
-        s.result->n_prompt_tokens = p->n_prompt;
-        s.max_new = std::min(sp.max_new_tokens, n_ctx_seq_ - p->n_prompt);
-        s.ctx_limited = s.max_new < sp.max_new_tokens;
-        try {
-            prefill(p->chunks.get(), s);
-            sample(s, -1);
-        } catch (const Cancelled&) {
-            finish(s, "cancelled", events);
-        } catch (const std::exception& e) {
-            events.push_back({Event::Error, s.id, e.what(), nullptr});
-            release(s);
-        }
-        return;
-    }
-}
-
-void Engine::step(std::vector<Event>& events) {
-    RowBatch batch(n_seq_max_);
-    std::vector<Slot*> rows;
     for (auto& sp : slots_) {
         Slot& s = *sp;
-        if (!s.active) continue;
-        if (s.cancel && s.cancel->set.load()) { finish(s, "cancelled", events); continue; }
-        if (!s.params.ignore_eos && is_eog(s.next)) { finish(s, "stop", events); continue; }
-        s.result->tokens.push_back(s.next);
-        s.result->sum_logprob += s.next_logprob;
-        s.pending += token_piece(s.next, false);
-        std::string piece = take_utf8(s.pending, false);
-        if (!piece.empty()) {
-            s.result->text += piece;
-            events.push_back({Event::Piece, s.id, std::move(piece), nullptr});
+        if (!s.busy() || !s.cancel || !s.cancel->set.load()) continue;
+        if (s.phase == Slot::Prefill && s.reserved) {
+            // a session's new turn was half read: the session goes back to before it
+            bool ok = true;
+            if (s.turn_pos > 0)
+                ok = llama_state_seq_set_data_ext(ctx_, s.turn_ckpt.data(), s.turn_ckpt.size(), s.seq,
+                                                  LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == s.turn_ckpt.size();
+            ok = ok && llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, s.turn_pos, -1);
+            if (!ok) { fail(s, "the conversation was interrupted while its turn was being read", events); continue; }
+            s.n_past = s.turn_pos;
         }
-        if (static_cast<int>(s.result->tokens.size()) >= s.max_new) {
-            finish(s, s.ctx_limited ? "context" : "length", events);
-            continue;
-        }
-        if (looping(s)) { finish(s, "repetition", events); continue; }
-        batch.add(s.next, s.n_past++, s.seq, true);
-        rows.push_back(&s);
+        finish(s, "cancelled", events);
     }
-    if (rows.empty()) return;
-    auto t0 = std::chrono::steady_clock::now();
-    auto phase = placement_.phase("decode");
-    if (llama_decode(ctx_, batch.get()) != 0) {
-        std::string msg = engine_error("llama_decode failed during generation").what();
-        for (Slot* s : rows) {
-            events.push_back({Event::Error, s->id, msg, nullptr});
-            release(*s);
-        }
+}
+
+// Takes the head of the queue into a slot: its prompt is tokenized and its audio encoded
+// (prefill follows in slices, between decode steps).
+void Engine::take_in(std::vector<Event>& events) {
+    if (prefilling()) return;  // one prompt at a time
+    std::unique_ptr<Request> r;
+    if (waiting_) {
+        if (n_busy_ > 0) return;  // wait for the context to drain, then grow it
+        r = std::move(waiting_);
+    } else {
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        if (queue_.empty()) return;
+        r = std::make_unique<Request>(std::move(queue_.front()));
+        queue_.pop_front();
+    }
+    auto result = std::make_shared<Result>();
+    auto error = [&](const std::string& message) {
+        Event ev{Event::Error, r->id};
+        ev.text = message;
+        events.push_back(std::move(ev));
+    };
+    if (r->cancel && r->cancel->set.load()) {
+        result->stop_reason = "cancelled";
+        Event ev{Event::Done, r->id};
+        ev.result = result;
+        events.push_back(std::move(ev));
         return;
     }
+    Slot* slot = nullptr;
+    try {
+        if (r->session >= 0) {
+            slot = &session_slot(r->session);
+            if (slot->busy()) throw std::invalid_argument("the session is already generating a reply");
+        } else {
+            slot = free_slot();
+            if (!slot) {  // the scheduler keeps fewer requests in flight than slots: this should not happen
+                std::lock_guard<std::mutex> lock(queue_mu_);
+                queue_.push_front(std::move(*r));
+                return;
+            }
+        }
+        if (r->speech && !speech_) throw std::invalid_argument("speech output is not loaded (load_speech)");
+        Prompt p = tokenize(r->parts, r->audio, slot->n_past == 0);
+        if (p.segs.empty() || p.segs.back().embd)
+            throw std::invalid_argument("the prompt must end with text after the audio");
+        const int max_new = r->speech ? r->speech_params.max_new_tokens : r->params.max_new_tokens;
+        const int need = slot->n_past + p.n_rows + std::max(1, max_new) + 2;
+        if (need > n_ctx_seq_ && grow_ctx_ && n_ctx_seq_ < max_ctx_seq_) {
+            if (n_busy_ > 0) {  // FCFS: nothing is taken in past it; the busy ones finish first
+                waiting_ = std::move(r);
+                return;
+            }
+            grow_context(std::min(max_ctx_seq_, (need + 255) / 256 * 256));
+        }
+        if (slot->n_past + p.n_rows + 1 > n_ctx_seq_)
+            throw std::length_error("the request needs " + std::to_string(p.n_rows) + " prompt tokens" +
+                                    (slot->n_past ? " after " + std::to_string(slot->n_past) + " of history" : std::string()) +
+                                    " but a sequence's context holds " + std::to_string(n_ctx_seq_) +
+                                    "; use shorter audio windows, a shorter prompt or a larger n_ctx");
+        encode(p, result->encode_ms);
+        result->n_prompt_tokens = p.n_rows;
+        result->n_audio_tokens = p.n_audio;
+        result->n_past = slot->n_past;
+        if (slot->reserved) {
+            slot->turn_pos = slot->n_past;
+            slot->turn_ckpt.clear();
+            if (slot->n_past > 0) {
+                const size_t size = llama_state_seq_get_size_ext(ctx_, slot->seq, LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY);
+                slot->turn_ckpt.resize(size);
+                slot->turn_ckpt.resize(llama_state_seq_get_data_ext(ctx_, slot->turn_ckpt.data(), size, slot->seq,
+                                                                    LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY));
+            }
+        }
+
+        Slot& s = *slot;
+        s.phase = Slot::Prefill;
+        ++n_busy_;
+        s.id = r->id;
+        s.speech = r->speech;
+        s.cancel = r->cancel;
+        s.params = r->params;
+        s.sp = r->speech_params;
+        s.result = result;
+        s.prompt = std::move(p);
+        s.seg = 0;
+        s.seg_off = 0;
+        s.pending.clear();
+        s.steps = 0;
+        if (!s.speech) {
+            Choice c;
+            c.temperature = s.params.temperature;
+            c.top_k = s.params.top_k;
+            c.top_p = s.params.top_p;
+            c.seed = s.params.seed;
+            c.repeat_penalty = s.params.repeat_penalty;
+            c.repeat_last_n = s.params.repeat_last_n;
+            s.sampler = make_sampler(c, n_vocab());
+            s.max_new = std::min(s.params.max_new_tokens, n_ctx_seq_ - s.n_past - s.prompt.n_rows);
+            s.ctx_limited = s.max_new < s.params.max_new_tokens;
+        } else {
+            Choice text, audio;
+            text.temperature = s.sp.text_temperature;
+            text.top_k = s.sp.text_top_k;
+            text.seed = s.sp.seed + 1;
+            audio.temperature = s.sp.audio_temperature;
+            audio.top_k = s.sp.audio_top_k;
+            audio.seed = s.sp.seed;
+            s.text_smpl = make_sampler(text, n_vocab());
+            s.audio_smpl = make_sampler(audio, speech_->audio_vocab());
+            s.audio_mode = s.sp.start_audio;
+            s.text_done = false;
+            s.left = s.audio_mode ? s.sp.n_audio : s.sp.n_text;
+            speech_->reset(s.seq);
+        }
+    } catch (const std::exception& e) {
+        error(e.what());
+    }
+}
+
+bool Engine::looping(const Slot& s) const {
+    const SamplingParams& sp = s.params;
+    if (sp.loop_max_period <= 0) return false;
+    const auto& t = s.result->tokens;
+    const int n = static_cast<int>(t.size());
+    for (int p = 1; p <= sp.loop_max_period; ++p) {
+        int need = std::max(sp.loop_min_span, sp.loop_min_repeats * p);
+        if (need > n) break;  // larger periods need even more tokens
+        int k = 0;
+        while (k < need - p && t[n - 1 - k] == t[n - 1 - k - p]) ++k;
+        if (k == need - p) return true;
+    }
+    return false;
+}
+
+// A transcription row after the decode: choose its next token, stop or go on.
+void Engine::after_text_row(Slot& s, const float* logits, std::vector<Event>& events) {
+    const int n = n_vocab();
+    const llama_token t = pick(s.sampler.get(), logits, n);
+    if (!s.params.ignore_eos && is_eog(t)) { finish(s, "stop", events); return; }
+    s.result->tokens.push_back(t);
+    s.result->sum_logprob += log_prob(logits, n, t);
+    s.pending += token_piece(t, false);
+    std::string piece = take_utf8(s.pending, false);
+    if (!piece.empty()) {
+        s.result->text += piece;
+        Event ev{Event::Piece, s.id};
+        ev.text = std::move(piece);
+        ev.token = t;
+        events.push_back(std::move(ev));
+    }
+    if (static_cast<int>(s.result->tokens.size()) >= s.max_new) { finish(s, s.ctx_limited ? "context" : "length", events); return; }
+    if (looping(s)) { finish(s, "repetition", events); return; }
+    s.next = t;
+    s.next_is_embd = false;
+    s.next_is_item = true;
+}
+
+// One decode step for every generating sequence, then their outputs: tokens sampled,
+// audio frames made by the audio head (all such rows together) and detokenized.
+void Engine::step(std::vector<Event>& events) {
+    std::vector<Slot*> rows;
+    bool any_embd = false, want_hidden = false;
+    for (auto& sp : slots_) {
+        Slot& s = *sp;
+        if (s.phase != Slot::Generate) continue;
+        if (s.cancel && s.cancel->set.load()) { finish(s, "cancelled", events); continue; }
+        rows.push_back(&s);
+        any_embd |= s.next_is_embd;
+        want_hidden |= s.speech && s.audio_mode;
+    }
+    if (rows.empty()) return;
+    const int n_embd = this->n_embd();
+    const int R = static_cast<int>(rows.size());
+    RowBatch batch(R);
+    std::vector<float> embd;
+    if (any_embd) {  // one kind of input per batch: text rows become their token's embedding
+        embd.resize(static_cast<size_t>(R) * n_embd);
+        for (int r = 0; r < R; ++r) {
+            Slot& s = *rows[r];
+            float* dst = embd.data() + static_cast<size_t>(r) * n_embd;
+            if (s.next_is_embd) std::memcpy(dst, s.next_embd.data(), n_embd * sizeof(float));
+            else token_embd_.row(s.next, dst);
+        }
+        batch.set_embd(embd.data());
+    }
+    for (int r = 0; r < R; ++r) {
+        Slot& s = *rows[r];
+        if (any_embd) batch.add_embd_row(s.n_past, s.seq);
+        else batch.add(s.next, s.n_past, s.seq, true);
+    }
+    llama_batch b = batch.get();
+    std::vector<int8_t> outputs(R, 1);
+    b.logits = outputs.data();
+    if (want_hidden != embeddings_on_) { llama_set_embeddings(ctx_, want_hidden); embeddings_on_ = want_hidden; }
+    auto t0 = std::chrono::steady_clock::now();
+    {
+        auto phase = placement_.phase("decode");
+        if (llama_decode(ctx_, b) != 0) {
+            std::string msg = engine_error("llama_decode failed during generation").what();
+            for (Slot* s : rows) fail(*s, msg, events);
+            return;
+        }
+    }
     n_decode_steps_.fetch_add(1);
-    n_decode_rows_.fetch_add(static_cast<int64_t>(rows.size()));
-    for (int64_t m = max_decode_rows_.load(); static_cast<int64_t>(rows.size()) > m;)
-        if (max_decode_rows_.compare_exchange_weak(m, static_cast<int64_t>(rows.size()))) break;
-    for (size_t r = 0; r < rows.size(); ++r) sample(*rows[r], static_cast<int>(r));
-    double share = ms_since(t0) / static_cast<double>(rows.size());  // the step's time, split evenly
-    for (Slot* s : rows) s->result->decode_ms += share;
+    n_decode_rows_.fetch_add(R);
+    for (int64_t m = max_decode_rows_.load(); R > m;)
+        if (max_decode_rows_.compare_exchange_weak(m, R)) break;
+    const double share = ms_since(t0) / R;  // the step's time, split evenly
+    for (Slot* s : rows) {
+        ++s->n_past;
+        if (s->next_is_item) ++s->result->n_fed;
+        if (s->checkpoint_after) {
+            checkpoint(*s);
+            s->checkpoint_after = false;
+        }
+        s->result->decode_ms += share;
+    }
+
+    // ---- outputs
+    std::vector<int> audio_rows;
+    for (int r = 0; r < R; ++r) {
+        Slot& s = *rows[r];
+        if (!s.speech) {
+            n_text_rows_.fetch_add(1);
+            after_text_row(s, llama_get_logits_ith(ctx_, r), events);
+            continue;
+        }
+        ++s.steps;
+        if (s.sp.interleaved) --s.left;
+        if (s.audio_mode) { audio_rows.push_back(r); continue; }
+        n_text_rows_.fetch_add(1);
+        // a speech sequence's text step
+        const float* logits = llama_get_logits_ith(ctx_, r);
+        if (!logits) { fail(s, "no logits for the text step", events); continue; }
+        const llama_token tok = pick(s.text_smpl.get(), logits, n_vocab());
+        if (s.sp.interleaved && tok == kImEnd) { finish(s, "stop", events); continue; }
+        s.result->tokens.push_back(tok);
+        s.result->order.push_back(0);
+        s.pending += token_piece(tok, false);
+        Event ev{Event::Piece, s.id};
+        ev.token = tok;
+        ev.text = take_utf8(s.pending, false);
+        s.result->text += ev.text;
+        events.push_back(std::move(ev));
+        const char* stop = nullptr;
+        if (!s.sp.interleaved) {
+            if (tok == kAudioStart) s.audio_mode = true;
+            if (tok == kImEnd) stop = "stop";
+        } else {
+            if (tok == kTextEnd) s.text_done = true;
+            if (s.left == 0 || s.text_done) { s.audio_mode = true; s.left = s.sp.n_audio; }
+        }
+        s.next = tok;
+        s.next_is_embd = false;
+        s.next_is_item = true;
+        if (!stop && s.steps >= s.sp.max_new_tokens) stop = "length";
+        if (!stop && s.n_past >= n_ctx_seq_) stop = "context";
+        if (stop) finish(s, stop, events);
+    }
+    if (audio_rows.empty()) return;
+
+    // ---- the audio head, for every row that makes a frame
+    const int B = static_cast<int>(audio_rows.size());
+    n_audio_rows_.fetch_add(B);
+    std::vector<float> hidden(static_cast<size_t>(B) * n_embd);
+    std::vector<llama_sampler*> samplers(B);
+    for (int i = 0; i < B; ++i) {
+        const float* h = llama_get_embeddings_ith(ctx_, audio_rows[i]);
+        if (!h) throw engine_error("no hidden state for the audio step");
+        std::memcpy(hidden.data() + static_cast<size_t>(i) * n_embd, h, n_embd * sizeof(float));
+        samplers[i] = rows[audio_rows[i]]->audio_smpl.get();
+    }
+    std::vector<Frame> frames(B);
+    auto t1 = std::chrono::steady_clock::now();
+    speech_->frames(hidden.data(), B, samplers.data(), nullptr, frames.data());
+    std::vector<bool> end(B);
+    for (int i = 0; i < B; ++i) {
+        Slot& s = *rows[audio_rows[i]];
+        end[i] = frames[i][0] == kEndOfAudio && !s.sp.ignore_audio_end;
+        if (end[i]) frames[i].fill(kEndOfAudio);
+    }
+    std::vector<float> next_in, detok_in;
+    speech_->embed(frames.data(), B, next_in, &detok_in);
+    const double depth_share = ms_since(t1) / B;
+    std::vector<int> detok_seqs, detok_idx;
+    for (int i = 0; i < B; ++i) {
+        Slot& s = *rows[audio_rows[i]];
+        const bool valid = !end[i] && std::none_of(frames[i].begin(), frames[i].end(), [](int c) { return c >= kDetokCodes; });
+        if (s.sp.detokenize && valid) { detok_seqs.push_back(s.seq); detok_idx.push_back(i); }
+    }
+    std::vector<float> spectrum;
+    std::vector<float> detok_rows;
+    auto t2 = std::chrono::steady_clock::now();
+    if (!detok_seqs.empty()) {
+        const int w = static_cast<int>(detok_in.size() / B);
+        for (int i : detok_idx) detok_rows.insert(detok_rows.end(), detok_in.begin() + static_cast<size_t>(i) * w,
+                                                  detok_in.begin() + static_cast<size_t>(i + 1) * w);
+        speech_->detokenize(detok_seqs, detok_rows.data(), spectrum);
+    }
+    const double detok_share = detok_seqs.empty() ? 0.0 : ms_since(t2) / static_cast<double>(detok_seqs.size());
+    const size_t spec_rows = static_cast<size_t>(kUpsample) * speech_->n_spec();
+    int d = 0;
+    for (int i = 0; i < B; ++i) {
+        Slot& s = *rows[audio_rows[i]];
+        s.result->depth_ms += depth_share;
+        Event ev{Event::Audio, s.id};
+        ev.codes = frames[i];
+        ev.audio_end = end[i];
+        if (d < static_cast<int>(detok_idx.size()) && detok_idx[d] == i) {
+            ev.spectrum.assign(spectrum.begin() + d * spec_rows, spectrum.begin() + (d + 1) * spec_rows);
+            s.result->detok_ms += detok_share;
+            ++d;
+        }
+        events.push_back(std::move(ev));
+        if (s.sp.interleaved && s.left == 0 && !s.text_done) { s.audio_mode = false; s.left = s.sp.n_text; }
+        if (end[i]) s.audio_mode = false;
+        s.result->order.push_back(1);
+        if (!end[i]) s.result->frames.push_back(frames[i]);
+        s.next_embd.assign(next_in.begin() + static_cast<size_t>(i) * n_embd, next_in.begin() + static_cast<size_t>(i + 1) * n_embd);
+        s.next_is_embd = true;
+        s.next_is_item = true;
+        const char* stop = nullptr;
+        if (end[i] && s.sp.stop_at_audio_end) stop = "audio_end";
+        else if (!end[i] && s.sp.max_audio_frames >= 0 && static_cast<int>(s.result->frames.size()) >= s.sp.max_audio_frames)
+            stop = "length";
+        if (!stop && s.steps >= s.sp.max_new_tokens) stop = "length";
+        if (!stop && s.n_past >= n_ctx_seq_) stop = "context";
+        if (stop) finish(s, stop, events);
+    }
 }
 
 void Engine::run(const EventSink& sink) {
@@ -550,12 +976,13 @@ void Engine::run(const EventSink& sink) {
         std::lock_guard<std::mutex> lock(queue_mu_);
         loop_thread_ = std::this_thread::get_id();
     }
+    std::string failure;
     while (true) {
         std::packaged_task<void()> task;
         {
             std::unique_lock<std::mutex> lock(queue_mu_);
             queue_cv_.wait(lock, [&] {
-                return stop_ || !queue_.empty() || n_active_ > 0 || has_deferred_ || !tasks_.empty();
+                return stop_ || !queue_.empty() || n_busy_ > 0 || waiting_ || !tasks_.empty();
             });
             if (stop_) break;
             if (!tasks_.empty()) {
@@ -563,68 +990,96 @@ void Engine::run(const EventSink& sink) {
                 tasks_.pop_front();
             }
         }
-        if (task.valid()) task();  // one posted task per turn, between steps
-        {
-            std::lock_guard<std::mutex> lock(mu_);
+        if (task.valid()) task();  // one posted task per turn, between steps (its exceptions go to its future)
+        try {
             sweep_cancelled(events);
-            admit(events);
+            take_in(events);
+            for (auto& sp : slots_) {
+                if (sp->phase != Slot::Prefill) continue;
+                const bool others = generating() > 0;
+                try {
+                    prefill_some(*sp, others ? kPrefillSlice : 1 << 30);
+                } catch (const Cancelled&) {
+                    // swept next turn (the flag stays set)
+                } catch (const std::exception& e) {
+                    fail(*sp, e.what(), events);
+                }
+            }
+            deliver();
+            step(events);
+            deliver();
+        } catch (const std::exception& e) {
+            failure = e.what();
+            break;
         }
-        deliver();
-        {
-            std::lock_guard<std::mutex> lock(mu_);
-            if (n_active_ > 0) step(events);
-        }
-        deliver();
     }
-    // Shut down: everything in flight or waiting ends as cancelled.
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        for (auto& s : slots_) if (s->active) finish(*s, "cancelled", events);
-        if (deferred_) {
+    // Shut down (or failed): everything in flight or waiting ends, as cancelled or with the failure.
+    auto end_request = [&](uint64_t id) {
+        if (failure.empty()) {
             auto r = std::make_shared<Result>();
             r->stop_reason = "cancelled";
-            events.push_back({Event::Done, deferred_->req.id, std::string(), r});
-            deferred_.reset();
-            has_deferred_ = false;
+            Event ev{Event::Done, id};
+            ev.result = r;
+            events.push_back(std::move(ev));
+        } else {
+            Event ev{Event::Error, id};
+            ev.text = "the engine stopped after an error: " + failure;
+            events.push_back(std::move(ev));
         }
+    };
+    for (auto& s : slots_)
+        if (s->busy()) {
+            end_request(s->id);
+            release(*s);
+        }
+    if (waiting_) {
+        end_request(waiting_->id);
+        waiting_.reset();
     }
     {
         std::lock_guard<std::mutex> lock(queue_mu_);
+        if (!failure.empty()) failure_ = failure;
+        stop_ = true;
         tasks_.clear();  // never run: their futures report a broken promise
         loop_thread_ = std::thread::id();
-        for (auto& req : queue_) {
-            auto r = std::make_shared<Result>();
-            r->stop_reason = "cancelled";
-            events.push_back({Event::Done, req.id, std::string(), r});
-        }
+        for (auto& req : queue_) end_request(req.id);
         queue_.clear();
     }
     deliver();
 }
 
 // ---------------------------------------------------------------- direct calls
+// On the loop's thread, in the probes' own sequence: never waits for a slot.
 std::vector<float> Engine::first_logits(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio) {
-    ChunksPtr chunks = tokenize(parts, audio);
-    std::unique_lock<std::mutex> lock(mu_);
-    Slot* slot = nullptr;
-    slot_freed_.wait(lock, [&] {
-        for (auto& s : slots_) if (!s->active) { slot = s.get(); return true; }
-        return false;
-    });
-    int n_prompt = static_cast<int>(mtmd_helper_get_n_pos(chunks.get()));
-    if (n_prompt + 1 > n_ctx_seq_) {
-        if (!grow_ctx_ || n_active_ > 0) throw std::length_error("the prompt does not fit this context");
-        create_context(std::min(max_ctx_seq_, (n_prompt + 256) / 256 * 256));
+    Slot& s = *slots_[n_slots_];
+    Prompt p = tokenize(parts, audio, true);
+    if (p.n_rows + 1 > n_ctx_seq_) {
+        if (!grow_ctx_ || n_busy_ > 0) throw std::length_error("the prompt does not fit this context");
+        grow_context(std::min(max_ctx_seq_, (p.n_rows + 256) / 256 * 256));
     }
-    Slot& s = *slot;
-    s.active = true;
-    ++n_active_;
-    s.n_past = 0;
-    s.cancel.reset();
+    double ms = 0;
+    encode(p, ms);
+    s.phase = Slot::Prefill;
+    ++n_busy_;
     s.result = std::make_shared<Result>();
+    s.prompt = std::move(p);
+    s.seg = 0;
+    s.seg_off = 0;
+    s.n_past = 0;
     std::vector<float> out;
     try {
-        prefill(chunks.get(), s);
+        prefill_some(s, 1 << 30);
+        RowBatch batch(1);
+        if (s.next_is_embd) {
+            batch.set_embd(s.next_embd.data());
+            batch.add_embd_row(s.n_past, s.seq);
+        } else {
+            batch.add(s.next, s.n_past, s.seq, true);
+        }
+        llama_batch b = batch.get();
+        int8_t one = 1;
+        b.logits = &one;
+        if (llama_decode(ctx_, b) != 0) throw engine_error("prompt evaluation failed");
         const float* l = llama_get_logits_ith(ctx_, -1);
         out.assign(l, l + n_vocab());
     } catch (...) {

@@ -1,17 +1,26 @@
-// The engine: one LFM2-Audio model (text GGUF + audio mmproj) held in memory, and the
-// loop that decodes many requests at once.
+// The engine: one LFM2-Audio model (text GGUF + audio mmproj, optionally the speech
+// GGUFs) held in memory, and the loop that advances every request at once.
 //
-// Scheduling model (continuous batching): the context has `n_seq_max` sequence slots.
-// Requests are submitted from any thread into a FIFO; the loop (`run`, one thread)
-// alternates: admit the head of the FIFO into a free slot (encode the audio, prefill the
-// prompt, sample the first token), then advance every active sequence with one
-// llama_decode. Finished, failed and cancelled sequences free their
-// slot at once, so a short request never waits for a long one. Which request to submit
-// next is Python's decision (pylfm/scheduler.py); this loop only runs them.
+// Scheduling model (continuous batching): the context has `n_slots` sequence slots.
+// Requests are submitted from any thread into a FIFO. Each turn the loop (`run`, one
+// thread) runs at most one posted task, frees cancelled slots, takes in new work (the
+// head of the FIFO: its prompt is tokenized and its audio encoded, then prefilled in
+// slices so that generating sequences never wait long), and advances every generating
+// sequence with ONE llama_decode: text rows (transcription, the text of speech) and audio
+// rows (a speech sequence's last frame, as an embedding) together. The rows that need an
+// audio frame then go through the audio head together (SpeechHead). Finished, failed and
+// cancelled sequences free their slot at once. Which request to submit next is Python's
+// decision (pylfm's scheduler); this loop only runs them.
 //
-// Results go back as events, delivered to a Python callable once per step (one GIL
-// acquisition per step, none while computing). Cancellation is an atomic flag per
-// request, read at every step and between prefill pieces, without the GIL.
+// Sessions (live conversations) own a slot for their lifetime: their sequence keeps its
+// history between requests, so a request in a session only prefills what is new. At the
+// start of each reply the session's recurrent state is checkpointed (LFM2's short-conv
+// layers cannot drop a sequence's tail), so a reply cut short can be rolled back and its
+// played part prefilled again (barge-in).
+//
+// Results go back as events, delivered to a Python callable once per turn (one GIL
+// acquisition per turn, none while computing). Cancellation is an atomic flag per request,
+// read at every step and between prefill slices, without the GIL.
 #pragma once
 
 #include <atomic>
@@ -28,9 +37,13 @@
 
 #include "common.h"
 #include "ggml-backend.h"
+#include "limits.h"
 #include "llama.h"
 #include "mtmd.h"
 #include "placement.h"
+#include "sampling.h"
+#include "speech.h"
+#include "token_embd.h"
 
 namespace pylfm {
 
@@ -38,6 +51,7 @@ struct CancelFlag {
     std::atomic<bool> set{false};
 };
 
+// Text generation (transcription, and the text of speech requests).
 struct SamplingParams {
     int max_new_tokens = 512;
     float temperature = 0.0f;  // 0: greedy
@@ -55,36 +69,67 @@ struct SamplingParams {
     int loop_min_span = 20;
 };
 
-// One part of a prompt: text (special tokens parsed only when `special`) or an audio clip.
+// Speech generation (liquid-audio's generate_sequential / generate_interleaved).
+struct SpeechParams {
+    bool interleaved = false;        // fixed pattern of n_text text tokens and n_audio frames
+    bool start_audio = false;        // the prompt ends with <|audio_start|>: the first step is an audio frame
+    bool stop_at_audio_end = false;  // end at the end-of-audio frame (text-to-speech wants nothing after it)
+    bool ignore_audio_end = false;   // benchmarks: an end-of-audio code is an ordinary frame (fixed work)
+    int max_new_tokens = 2048;       // steps: text tokens + audio frames
+    int max_audio_frames = -1;       // -1: no limit of its own
+    float text_temperature = 0.0f;   // <= 0: greedy
+    int text_top_k = 0;
+    float audio_temperature = 0.0f;
+    int audio_top_k = 0;
+    uint32_t seed = 0;
+    int n_text = 6, n_audio = 12;
+    bool detokenize = true;
+};
+
+// One part of a prompt.
 struct PromptPart {
-    std::string text;
+    enum Kind { Text = 0, Audio = 1, Tokens = 2, Frames = 3 } kind = Text;
+    std::string text;                 // Text (special tokens parsed only when `special`)
     bool special = false;
-    int audio = -1;  // index into Request::audio, or -1 for text
+    int audio = -1;                   // Audio: index into Request::audio (PCM at the mmproj's rate)
+    std::vector<llama_token> tokens;  // Tokens: ids as they are (an assistant's earlier text)
+    std::vector<Frame> frames;        // Frames: audio frames the model produced (an assistant's earlier speech)
 };
 
 struct Request {
     uint64_t id = 0;
+    bool speech = false;  // generate speech (SpeechParams) instead of text (SamplingParams)
+    int session = -1;     // >= 0: run in that session's sequence, after its history
     std::vector<PromptPart> parts;
-    std::vector<std::vector<float>> audio;  // mono float32 PCM at the mmproj's rate
+    std::vector<std::vector<float>> audio;
     SamplingParams params;
+    SpeechParams speech_params;
     std::shared_ptr<CancelFlag> cancel;
 };
 
-// What a finished request reports (kind Done), or why it failed (kind Error).
+// What a finished request reports (kind Done).
 struct Result {
     std::string text;
     std::vector<llama_token> tokens;
-    std::string stop_reason;  // stop | length | context | repetition | cancelled
+    std::vector<Frame> frames;        // speech: audio frames, without the end-of-audio frame
+    std::vector<uint8_t> order;       // speech: 0 = text token, 1 = audio frame (incl. end of audio), in generation order
+    int n_fed = 0;                    // speech: how many of the generated items the sequence has consumed
+    std::string stop_reason;          // stop | length | context | repetition | cancelled | audio_end
     int n_prompt_tokens = 0, n_audio_tokens = 0;
-    double encode_ms = 0, prefill_ms = 0, decode_ms = 0;
+    int n_past = 0;                   // positions in the sequence afterwards (sessions: the history's length)
+    double encode_ms = 0, prefill_ms = 0, decode_ms = 0, depth_ms = 0, detok_ms = 0;
     double sum_logprob = 0;  // natural-log probability of the generated tokens under the raw logits
 };
 
 struct Event {
-    enum Kind { Piece = 0, Done = 1, Error = 2 } kind;
+    enum Kind { Piece = 0, Done = 1, Error = 2, Audio = 3 } kind;
     uint64_t id;
-    std::string text;        // Piece: the text; Error: the message
-    std::shared_ptr<Result> result;  // Done
+    std::string text;                 // Piece: the text; Error: the message
+    llama_token token = -1;           // Piece: the token it came from
+    Frame codes{};                    // Audio
+    bool audio_end = false;           // Audio: the end-of-audio frame
+    std::vector<float> spectrum;      // Audio: kUpsample x n_spec rows; empty when not detokenized
+    std::shared_ptr<Result> result;   // Done
 };
 
 using EventSink = std::function<void(std::vector<Event>&)>;
@@ -92,104 +137,121 @@ using EventSink = std::function<void(std::vector<Event>&)>;
 class Engine {
 public:
     // n_ctx_seq: context per sequence; grown on demand (up to the model's training
-    // context) when `grow_ctx`, fixed otherwise.
+    // context) when `grow_ctx`, fixed otherwise. n_slots: sequences decoded at once
+    // (requests and sessions together).
     Engine(const std::string& model_path, const std::string& mmproj_path, int n_threads, const std::string& device,
-           int n_ctx_seq, int n_batch, int n_seq_max, bool flash_attn, bool grow_ctx);
+           int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx);
     ~Engine();
     Engine(const Engine&) = delete;
     Engine& operator=(const Engine&) = delete;
 
     // ---- the scheduler loop
-    void submit(Request req);   // any thread
+    void submit(Request req);         // any thread
     void run(const EventSink& sink);  // blocks until shutdown(); one thread at a time
     void shutdown();
-
     // Runs `fn` on the loop's thread between steps; the future is ready when it has run
     // (from the loop's own thread it runs at once). All ggml work of a process belongs on
     // one thread: libgomp gives every computing thread its own pool of workers and, once
     // more pool threads exist than CPUs, stops spinning at barriers in every pool, which
     // doubled the time of speech generation on 2 cores when it ran on a second thread.
     std::future<void> post(std::function<void()> fn);
+    // Why the loop stopped, if it failed (empty while it runs or after a clean shutdown).
+    std::string failure() const;
 
-    // ---- direct calls (tests, fidelity): they wait for the loop between steps
+    // ---- sessions (call from the loop's thread, e.g. through post)
+    int open_session();                 // reserves a slot; -1 when none is free
+    void close_session(int session);    // frees its sequence (its running request is cancelled)
+    void rollback_session(int session); // back to the checkpoint taken at the start of its last reply
+    void reset_session(int session);    // empty history
+    int session_n_past(int session) const;
+    bool session_busy(int session) const;
+
+    // ---- speech output on this model's backbone (from the loop's thread)
+    void load_speech(const std::string& vocoder_path, const std::string& detokenizer_path);
+    SpeechHead* speech() { return speech_.get(); }
+
+    // ---- direct calls (tests, fidelity); from the loop's thread
     std::vector<llama_token> prompt_tokens(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio);
     std::vector<float> encode_audio(const std::vector<float>& pcm, size_t& n_tokens);
     std::vector<float> first_logits(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio);
     int count_tokens(const std::string& text, bool special) const;
+    std::vector<llama_token> tokenize_text(const std::string& text, bool special) const;
 
     // ---- facts
     int sample_rate() const { return sample_rate_; }
     int n_vocab() const { return llama_vocab_n_tokens(vocab_); }
     int n_embd() const { return llama_model_n_embd_inp(model_); }
-    int n_ctx_seq() const;
-    int n_seq_max() const { return n_seq_max_; }
+    int n_ctx_seq() const { return n_ctx_seq_; }
+    int n_slots() const { return n_slots_; }
     int max_ctx_seq() const { return max_ctx_seq_; }
     double load_ms() const { return load_ms_; }
     const std::string& device() const { return device_; }
     std::string description() const;
     std::string token_piece(llama_token t, bool special) const;
     bool is_eog(llama_token t) const { return llama_vocab_is_eog(vocab_, t); }
-
-    // ---- for other native parts that run on the same loaded model (speech output)
-    llama_model* model() const { return model_; }
-    const llama_vocab* vocab() const { return vocab_; }
-    mtmd_context* mtmd() const { return mctx_; }
-    std::mutex& mtmd_mutex() { return mtmd_mu_; }  // hold it around every mtmd call
-    ggml_backend_dev_t gpu() const { return gpu_; }  // nullptr on the CPU
-    int n_threads() const { return n_threads_; }
-    bool flash_attn() const { return flash_attn_; }
     PlacementRecorder& placement() { return placement_; }  // where ops ran (PYLFM_RECORD_PLACEMENT=1)
 
     // ---- counters of the generation loop (since load): how much batching really happened
-    struct Stats { int64_t decode_steps, decode_rows, max_rows; };
-    Stats stats() const { return {n_decode_steps_.load(), n_decode_rows_.load(), max_decode_rows_.load()}; }
+    struct Stats { int64_t decode_steps, decode_rows, max_rows, audio_rows, text_rows; };
+    Stats stats() const {
+        return {n_decode_steps_.load(), n_decode_rows_.load(), max_decode_rows_.load(), n_audio_rows_.load(),
+                n_text_rows_.load()};
+    }
 
 private:
     struct Slot;
-    struct Pending;
+    struct Prompt;
 
     void create_context(int n_ctx_seq);
+    void grow_context(int n_ctx_seq);
     void free_all();
-    ChunksPtr tokenize(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio);
-    void prefill(const mtmd_input_chunks* chunks, Slot& s);
-    void admit(std::vector<Event>& events);
+    Prompt tokenize(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio, bool add_special);
+    void encode(Prompt& p, double& encode_ms);
+    bool prefill_some(Slot& s, int budget);
+    void take_in(std::vector<Event>& events);
+    bool start(Slot& s, std::vector<Event>& events);
     void sweep_cancelled(std::vector<Event>& events);
     void step(std::vector<Event>& events);
+    void after_text_row(Slot& s, const float* logits, std::vector<Event>& events);
     void finish(Slot& s, const char* reason, std::vector<Event>& events);
+    void fail(Slot& s, const std::string& message, std::vector<Event>& events);
     void release(Slot& s);
-    SamplerPtr make_sampler(const SamplingParams& sp) const;
-    void sample(Slot& s, int row);
     bool looping(const Slot& s) const;
-    int ctx_needed(int n_prompt, int max_new) const;
+    Slot* free_slot();
+    Slot& session_slot(int session) const;
+    void checkpoint(Slot& s);
+    int generating() const;
+    bool prefilling() const;
 
     llama_model* model_ = nullptr;
     llama_context* ctx_ = nullptr;
     mtmd_context* mctx_ = nullptr;
     const llama_vocab* vocab_ = nullptr;
     ggml_backend_dev_t gpu_ = nullptr;
-    int n_threads_, n_batch_, n_seq_max_;
+    std::string model_path_;
+    int n_threads_, n_batch_, n_slots_;
     int n_ctx_seq_ = 0, max_ctx_seq_ = 0;
-    bool flash_attn_, grow_ctx_;
+    bool flash_attn_, grow_ctx_, f32_cache_ = false;
+    bool embeddings_on_ = false;
     int sample_rate_ = 0;
     double load_ms_ = 0;
     std::string device_;
     PlacementRecorder placement_;
+    TokenEmbeddings token_embd_;
+    std::unique_ptr<SpeechHead> speech_;
 
-    std::mutex mu_;       // the context and the slots: held by the loop while it works
-    std::mutex mtmd_mu_;  // mtmd's encoder state
-    std::condition_variable slot_freed_;
-    std::vector<std::unique_ptr<Slot>> slots_;
-    std::unique_ptr<Pending> deferred_;  // admitted next, once the context has grown
-    std::atomic<bool> has_deferred_{false};
+    std::vector<std::unique_ptr<Slot>> slots_;  // n_slots_ + 1: the last one belongs to the probes
+    std::unique_ptr<Request> waiting_;          // taken from the queue, waiting for the context to grow
 
-    std::mutex queue_mu_;
+    mutable std::mutex queue_mu_;
     std::condition_variable queue_cv_;
     std::deque<Request> queue_;
     std::deque<std::packaged_task<void()>> tasks_;  // work posted to the loop's thread
     std::thread::id loop_thread_;
     bool stop_ = false;
-    std::atomic<int> n_active_{0};
-    std::atomic<int64_t> n_decode_steps_{0}, n_decode_rows_{0}, max_decode_rows_{0};
+    std::string failure_;
+    std::atomic<int> n_busy_{0};  // slots with a request (prefilling or generating)
+    std::atomic<int64_t> n_decode_steps_{0}, n_decode_rows_{0}, max_decode_rows_{0}, n_audio_rows_{0}, n_text_rows_{0};
 };
 
 }  // namespace pylfm

@@ -18,31 +18,37 @@
 #include "engine.h"
 #include "speech.h"
 
+namespace pylfm {
+void register_speech(pybind11::module_& m);
+}
+
 namespace py = pybind11;
 using namespace pylfm;
 
 namespace {
 
+using bind::audio_from;
 using bind::floats_from;
+using bind::frames_array;
 using bind::parts_from;
 using bind::safe_str;
 
-std::vector<std::vector<float>> to_audio(const py::list& items) {
-    std::vector<std::vector<float>> out;
-    for (auto a : items) out.push_back(floats_from(a, "audio"));
-    return out;
-}
-
 py::dict result_dict(const Result& r) {
     py::dict d;
-    d["text"] = r.text;
+    d["text"] = safe_str(r.text);
     d["tokens"] = r.tokens;
+    d["codes"] = frames_array(r.frames);
+    d["order"] = r.order;
+    d["n_fed"] = r.n_fed;
     d["stop_reason"] = r.stop_reason;
     d["n_prompt_tokens"] = r.n_prompt_tokens;
     d["n_audio_tokens"] = r.n_audio_tokens;
+    d["n_past"] = r.n_past;
     d["encode_ms"] = r.encode_ms;
     d["prefill_ms"] = r.prefill_ms;
     d["decode_ms"] = r.decode_ms;
+    d["depth_ms"] = r.depth_ms;
+    d["detok_ms"] = r.detok_ms;
     d["sum_logprob"] = r.sum_logprob;
     return d;
 }
@@ -90,6 +96,8 @@ void quantize(const std::string& src, const std::string& dst, int ftype, int n_t
 PYBIND11_MODULE(_core, m) {
     m.doc() = "pylfm native core: LFM2-Audio inference over llama.cpp's libllama + libmtmd";
 
+    register_speech(m);
+
     py::class_<SamplingParams>(m, "SamplingParams")
         .def(py::init<>())
         .def_readwrite("max_new_tokens", &SamplingParams::max_new_tokens)
@@ -112,21 +120,22 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Engine>(m, "Engine")
         .def(py::init([](const std::string& model, const std::string& mmproj, int n_threads, const std::string& device,
-                         int n_ctx_seq, int n_batch, int n_seq_max, bool flash_attn, bool grow_ctx) {
+                         int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx) {
                  py::gil_scoped_release nogil;
-                 return new Engine(model, mmproj, n_threads, device, n_ctx_seq, n_batch, n_seq_max, flash_attn, grow_ctx);
+                 return new Engine(model, mmproj, n_threads, device, n_ctx_seq, n_batch, n_slots, flash_attn, grow_ctx);
              }),
              py::arg("model"), py::arg("mmproj"), py::arg("n_threads"), py::arg("device"), py::arg("n_ctx_seq"),
-             py::arg("n_batch"), py::arg("n_seq_max"), py::arg("flash_attn"), py::arg("grow_ctx"))
+             py::arg("n_batch"), py::arg("n_slots"), py::arg("flash_attn"), py::arg("grow_ctx"))
         .def_property_readonly("sample_rate", &Engine::sample_rate)
         .def_property_readonly("n_vocab", &Engine::n_vocab)
         .def_property_readonly("n_embd", &Engine::n_embd)
         .def_property_readonly("n_ctx_seq", &Engine::n_ctx_seq)
         .def_property_readonly("max_ctx_seq", &Engine::max_ctx_seq)
-        .def_property_readonly("n_seq_max", &Engine::n_seq_max)
+        .def_property_readonly("n_slots", &Engine::n_slots)
         .def_property_readonly("load_ms", &Engine::load_ms)
         .def_property_readonly("device", &Engine::device)
         .def_property_readonly("description", &Engine::description)
+        .def_property_readonly("failure", &Engine::failure, "Why the loop stopped, if it failed ('' otherwise).")
         .def("token_piece", [](const Engine& e, int token, bool special) { return py::bytes(e.token_piece(token, special)); },
              py::arg("token"), py::arg("special") = true)
         .def("is_eog", &Engine::is_eog)
@@ -140,33 +149,55 @@ PYBIND11_MODULE(_core, m) {
                  d["decode_steps"] = st.decode_steps;
                  d["decode_rows"] = st.decode_rows;
                  d["max_rows"] = st.max_rows;
+                 d["audio_rows"] = st.audio_rows;
+                 d["text_rows"] = st.text_rows;
                  return d;
              },
-             "Generation-loop counters since load: llama_decode steps, sequence rows they advanced, and the "
-             "most rows in one step (how many sequences really decoded together).")
+             "Generation-loop counters since load: llama_decode steps, sequence rows they advanced, the most rows "
+             "in one step (how many sequences really decoded together), and rows that made an audio frame or a token.")
         .def("count_tokens", &Engine::count_tokens, py::arg("text"), py::arg("special") = false)
+        .def("tokenize_text", &Engine::tokenize_text, py::arg("text"), py::arg("special") = false)
         .def("submit", [](Engine& e, uint64_t id, const py::list& parts, const py::list& audio, const SamplingParams& params,
-                          std::shared_ptr<CancelFlag> cancel) {
+                          std::shared_ptr<CancelFlag> cancel, const SpeechParams* speech, int session) {
                  Request r;
                  r.id = id;
                  r.parts = parts_from(parts);
-                 r.audio = to_audio(audio);
+                 r.audio = audio_from(audio);
                  r.params = params;
+                 if (speech) { r.speech = true; r.speech_params = *speech; }
+                 r.session = session;
                  r.cancel = std::move(cancel);
                  py::gil_scoped_release nogil;
                  e.submit(std::move(r));
              },
              py::arg("id"), py::arg("parts"), py::arg("audio"), py::arg("params"), py::arg("cancel"),
-             "Queue a request; its events reach the callback given to run().")
+             py::arg("speech") = nullptr, py::arg("session") = -1,
+             "Queue a request (speech generation when `speech` params are given; in a session's sequence when "
+             "`session` >= 0); its events reach the callback given to run().")
         .def("run", [](Engine& e, py::function on_events) {
-                 // Events go to Python once per step: [(kind, id, payload)], kind 0 = text piece
-                 // (payload str), 1 = done (payload dict), 2 = error (payload message).
+                 // Events go to Python once per turn: [(kind, id, payload)], kind 0 = text piece (payload
+                 // (str, token)), 1 = done (payload dict), 2 = error (payload message), 3 = audio frame (payload
+                 // (codes int32[8], spectrum float32[6, n_spec] or None, end_of_audio)).
                  EventSink sink = [&on_events](std::vector<Event>& events) {
                      py::gil_scoped_acquire gil;
                      py::list out;
                      for (auto& ev : events) {
-                         py::object payload = ev.kind == Event::Done ? py::object(result_dict(*ev.result))
-                                                                     : py::object(safe_str(ev.text));
+                         py::object payload;
+                         switch (ev.kind) {
+                             case Event::Piece: payload = py::make_tuple(safe_str(ev.text), ev.token); break;
+                             case Event::Done: payload = result_dict(*ev.result); break;
+                             case Event::Error: payload = safe_str(ev.text); break;
+                             case Event::Audio: {
+                                 py::object spec = py::none();
+                                 if (!ev.spectrum.empty()) {
+                                     const py::ssize_t cols = static_cast<py::ssize_t>(ev.spectrum.size() / kUpsample);
+                                     spec = bind::float_array(ev.spectrum, cols);
+                                 }
+                                 payload = py::make_tuple(frames_array({ev.codes}).attr("reshape")(kCodebooks), spec,
+                                                          ev.audio_end);
+                                 break;
+                             }
+                         }
                          out.append(py::make_tuple(static_cast<int>(ev.kind), ev.id, payload));
                      }
                      try {
@@ -178,10 +209,10 @@ PYBIND11_MODULE(_core, m) {
                  py::gil_scoped_release nogil;
                  e.run(sink);
              },
-             "The scheduler loop: blocks until shutdown(); run it on one thread.")
+             "The scheduler loop: blocks until shutdown() (or a failure: see `failure`); run it on one thread.")
         .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>())
         .def("call", [](Engine& e, py::function fn, std::shared_ptr<CancelFlag> cancel) {
-                 // fn must not raise (pylfm.scheduler wraps it). The task owns one reference,
+                 // fn must not raise (pylfm's scheduler wraps it). The task owns one reference,
                  // dropped with the GIL held on the loop's thread.
                  PyObject* raw = fn.release().ptr();
                  std::future<void> done;
@@ -197,6 +228,7 @@ PYBIND11_MODULE(_core, m) {
                          Py_DECREF(raw);
                      });
                  } catch (...) {
+                     py::gil_scoped_acquire gil;
                      Py_DECREF(raw);
                      throw;
                  }
@@ -220,14 +252,30 @@ PYBIND11_MODULE(_core, m) {
                  try {
                      done.get();
                  } catch (const std::future_error&) {
+                     // the loop ended before running it: shut down, or stopped by a failure
+                     const std::string why = e.failure();
+                     if (!why.empty()) throw std::runtime_error("the engine stopped after an error (" + why + ")");
                      throw std::runtime_error("the engine has been shut down");
                  }
              },
              py::arg("fn"), py::arg("cancel") = nullptr,
              "Runs fn() on the engine loop's thread between steps and waits for it (Ctrl-C sets `cancel`).")
+        // ---- the calls below run on the loop's thread (through `call`)
+        .def("open_session", &Engine::open_session, py::call_guard<py::gil_scoped_release>(),
+             "Reserves a slot whose sequence keeps its history between requests; -1 when none is free.")
+        .def("close_session", &Engine::close_session, py::call_guard<py::gil_scoped_release>())
+        .def("rollback_session", &Engine::rollback_session, py::call_guard<py::gil_scoped_release>(),
+             "Back to the checkpoint taken at the start of the session's last reply.")
+        .def("reset_session", &Engine::reset_session, py::call_guard<py::gil_scoped_release>())
+        .def("session_n_past", &Engine::session_n_past)
+        .def("session_busy", &Engine::session_busy)
+        .def("load_speech", &Engine::load_speech, py::arg("vocoder"), py::arg("detokenizer"),
+             py::call_guard<py::gil_scoped_release>(), "Loads the audio head (vocoder GGUF) and the detokenizer GGUF.")
+        .def_property_readonly("speech", [](Engine& e) { return e.speech(); }, py::return_value_policy::reference_internal,
+                               "The loaded SpeechHead, or None.")
         .def("prompt_tokens", [](Engine& e, const py::list& parts, const py::list& audio) {
             auto p = parts_from(parts);
-            auto a = to_audio(audio);
+            auto a = audio_from(audio);
             py::gil_scoped_release nogil;
             return e.prompt_tokens(p, a);
         })
@@ -243,7 +291,7 @@ PYBIND11_MODULE(_core, m) {
         })
         .def("first_logits", [](Engine& e, const py::list& parts, const py::list& audio) {
             auto p = parts_from(parts);
-            auto a = to_audio(audio);
+            auto a = audio_from(audio);
             std::vector<float> l;
             {
                 py::gil_scoped_release nogil;
@@ -268,5 +316,4 @@ PYBIND11_MODULE(_core, m) {
         return py::make_tuple(py::str(text), py::bytes(buf));
     }, py::arg("data"), py::arg("flush") = true,
        "The engine's byte -> text rule: (valid text, bytes of an unfinished character kept back).");
-    register_speech(m);
 }

@@ -10,16 +10,14 @@
 #include "common.h"
 #include "ggml-alloc.h"
 #include "gguf.h"
-#include "mtmd-helper.h"
+#include "sampling.h"
 
 namespace pylfm {
 
 namespace {
 
 constexpr int kGraphSize = 2048;
-constexpr int kDetokCodes = 2048;         // rows per codebook in the detokenizer's code table
-constexpr double kMaxClipSeconds = 320.0;  // the LFM2A encoder's limit (see engine.cpp)
-constexpr int kDetokBatch = 96;           // detokenizer positions per llama_decode (16 frames)
+constexpr int kDetokBatch = 96;  // detokenizer rows per llama_decode when run alone (16 frames)
 
 double ms_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -36,27 +34,56 @@ std::string shape_str(const ggml_tensor* t) {
     return s + "]";
 }
 
-int argmax(const float* x, int n) {
-    return static_cast<int>(std::max_element(x, x + n) - x);  // the first maximum, as torch.argmax
-}
-
-SamplerPtr make_sampler(float temperature, int top_k, uint32_t seed) {
-    if (temperature <= 0.0f || top_k == 1) return nullptr;  // greedy (liquid-audio's rule)
-    SamplerPtr chain(llama_sampler_chain_init(llama_sampler_chain_default_params()));
-    if (top_k > 0) llama_sampler_chain_add(chain.get(), llama_sampler_init_top_k(top_k));
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_temp(temperature));
-    llama_sampler_chain_add(chain.get(), llama_sampler_init_dist(seed));
-    return chain;
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------- loading
-// The CPU's repacked ("extra") buffer type that runs mul_mat with a weight of this type and
-// shape (ggml-cpu repacks e.g. Q4_0/Q8_0 for faster matrix-vector products when the row
-// count suits its interleaving), or nullptr.
-ggml_backend_buffer_type_t SpeechEngine::matrix_buft(ggml_type type, int64_t ne0, int64_t ne1) const {
-    if (engine_.gpu()) return nullptr;
+SpeechHead::SpeechHead(llama_model* backbone, ggml_backend_dev_t gpu, int n_threads, int n_seqs,
+                       const std::string& vocoder_path, const std::string& detokenizer_path)
+    : backbone_(backbone), gpu_(gpu), n_embd_(llama_model_n_embd(backbone)), max_batch_(std::max(1, n_seqs)) {
+    ensure_backend();
+    auto t0 = std::chrono::steady_clock::now();
+    try {
+        if (gpu) {
+            ggml_backend_t b = ggml_backend_dev_init(gpu, nullptr);
+            if (!b) throw engine_error("could not start the GPU backend for the audio head");
+            backends_.push_back(b);
+        }
+        ggml_backend_t cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
+        if (!cpu) throw engine_error("could not start the CPU backend for the audio head");
+        backends_.push_back(cpu);
+        ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(cpu));
+        auto set_threads = reinterpret_cast<ggml_backend_set_n_threads_t>(
+            ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads"));
+        if (set_threads) set_threads(cpu, n_threads);
+
+        load_vocoder(vocoder_path);
+        load_detokenizer(detokenizer_path, n_seqs, n_threads);
+    } catch (...) {
+        free_all();
+        throw;
+    }
+    load_ms_ = ms_since(t0);
+}
+
+SpeechHead::~SpeechHead() { free_all(); }
+
+void SpeechHead::free_all() {
+    if (detok_ctx_) { llama_free(detok_ctx_); detok_ctx_ = nullptr; }
+    if (detok_model_) { llama_model_free(detok_model_); detok_model_ = nullptr; }
+    steps_.clear();
+    embeds_.clear();
+    if (wbuf_) { ggml_backend_buffer_free(wbuf_); wbuf_ = nullptr; }
+    if (mmbuf_) { ggml_backend_buffer_free(mmbuf_); mmbuf_ = nullptr; }
+    if (cache_buf_) { ggml_backend_buffer_free(cache_buf_); cache_buf_ = nullptr; }
+    if (wctx_) { ggml_free(wctx_); wctx_ = nullptr; }
+    if (mmctx_) { ggml_free(mmctx_); mmctx_ = nullptr; }
+    if (cache_ctx_) { ggml_free(cache_ctx_); cache_ctx_ = nullptr; }
+    for (auto* b : backends_) ggml_backend_free(b);
+    backends_.clear();
+}
+
+ggml_backend_buffer_type_t SpeechHead::matrix_buft(ggml_type type, int64_t ne0, int64_t ne1) const {
+    if (gpu_) return nullptr;
     ggml_backend_dev_t dev = ggml_backend_get_device(backends_.back());
     auto get_extra = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
         ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts"));
@@ -77,54 +104,7 @@ ggml_backend_buffer_type_t SpeechEngine::matrix_buft(ggml_type type, int64_t ne0
 }
 
 
-SpeechEngine::SpeechEngine(Engine& engine, const std::string& vocoder_path, const std::string& detokenizer_path)
-    : engine_(engine), model_(engine.model()), n_embd_(llama_model_n_embd(engine.model())) {
-    ensure_backend();
-    auto t0 = std::chrono::steady_clock::now();
-    try {
-        ggml_backend_dev_t gpu = engine.gpu();
-        if (gpu) {
-            ggml_backend_t b = ggml_backend_dev_init(gpu, nullptr);
-            if (!b) throw engine_error("could not start the GPU backend for the audio head");
-            backends_.push_back(b);
-        }
-        ggml_backend_t cpu = ggml_backend_init_by_type(GGML_BACKEND_DEVICE_TYPE_CPU, nullptr);
-        if (!cpu) throw engine_error("could not start the CPU backend for the audio head");
-        backends_.push_back(cpu);
-        ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_get_device(cpu));
-        auto set_threads = reinterpret_cast<ggml_backend_set_n_threads_t>(
-            ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads"));
-        if (set_threads) set_threads(cpu, engine.n_threads());
-
-        load_vocoder(vocoder_path);
-        load_detokenizer(detokenizer_path);
-        make_context(4096);
-    } catch (...) {
-        free_all();
-        throw;
-    }
-    load_ms_ = ms_since(t0);
-}
-
-SpeechEngine::~SpeechEngine() { free_all(); }
-
-void SpeechEngine::free_all() {
-    if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }
-    if (detok_ctx_) { llama_free(detok_ctx_); detok_ctx_ = nullptr; }
-    if (detok_model_) { llama_model_free(detok_model_); detok_model_ = nullptr; }
-    steps_.clear();
-    embed_.reset();
-    if (wbuf_) { ggml_backend_buffer_free(wbuf_); wbuf_ = nullptr; }
-    if (mmbuf_) { ggml_backend_buffer_free(mmbuf_); mmbuf_ = nullptr; }
-    if (cache_buf_) { ggml_backend_buffer_free(cache_buf_); cache_buf_ = nullptr; }
-    if (wctx_) { ggml_free(wctx_); wctx_ = nullptr; }
-    if (mmctx_) { ggml_free(mmctx_); mmctx_ = nullptr; }
-    if (cache_ctx_) { ggml_free(cache_ctx_); cache_ctx_ = nullptr; }
-    for (auto* b : backends_) ggml_backend_free(b);
-    backends_.clear();
-}
-
-void SpeechEngine::load_vocoder(const std::string& path) {
+void SpeechHead::load_vocoder(const std::string& path) {
     const std::string what = "the vocoder GGUF '" + path + "'";
     ggml_context* meta_raw = nullptr;
     gguf_init_params gp = {/*no_alloc=*/true, &meta_raw};
@@ -300,12 +280,13 @@ void SpeechEngine::load_vocoder(const std::string& path) {
     }
     std::fclose(f);
 
-    // KV cache of the depthformer: one position per codebook.
+    // KV cache of the depthformer: one position per codebook, one column per batch row (a
+    // frame attends only to its own codebooks: nothing is kept from one frame to the next).
     ggml_init_params cp = {(2 * static_cast<size_t>(n_layer_) + 1) * ggml_tensor_overhead(), nullptr, true};
     ggml_context* cctx = ggml_init(cp);
     for (auto& l : layers_) {
-        l.k_cache = ggml_new_tensor_3d(cctx, GGML_TYPE_F32, head_dim_, n_head_kv_, kCodebooks);
-        l.v_cache = ggml_new_tensor_3d(cctx, GGML_TYPE_F32, head_dim_, n_head_kv_, kCodebooks);
+        l.k_cache = ggml_new_tensor_4d(cctx, GGML_TYPE_F32, head_dim_, n_head_kv_, kCodebooks, max_batch_);
+        l.v_cache = ggml_new_tensor_4d(cctx, GGML_TYPE_F32, head_dim_, n_head_kv_, kCodebooks, max_batch_);
     }
     cache_buf_ = ggml_backend_alloc_ctx_tensors_from_buft(cctx, ggml_backend_get_default_buffer_type(backends_[0]));
     if (!cache_buf_) { ggml_free(cctx); throw engine_error("could not allocate the depthformer cache"); }
@@ -313,11 +294,11 @@ void SpeechEngine::load_vocoder(const std::string& path) {
     cache_ctx_ = cctx;
 }
 
-void SpeechEngine::load_detokenizer(const std::string& path) {
+void SpeechHead::load_detokenizer(const std::string& path, int n_seqs, int n_threads) {
     const std::string what = "the audio detokenizer GGUF '" + path + "'";
     llama_model_params mp = llama_model_default_params();
-    ggml_backend_dev_t devs[2] = {engine_.gpu(), nullptr};
-    if (engine_.gpu()) { mp.devices = devs; mp.n_gpu_layers = -1; }
+    ggml_backend_dev_t devs[2] = {gpu_, nullptr};
+    if (gpu_) { mp.devices = devs; mp.n_gpu_layers = -1; }
     else { mp.n_gpu_layers = 0; }
     detok_model_ = llama_model_load_from_file(path.c_str(), mp);
     if (!detok_model_) throw engine_error("could not load " + what + " (tokenizer-*.gguf, an lfm2 model)");
@@ -335,56 +316,35 @@ void SpeechEngine::load_detokenizer(const std::string& path) {
     if (llama_model_meta_val_str(detok_model_, "lfm2.attention.sliding_window", window, sizeof window) > 0)
         detok_window_ = std::atoi(window);
 
+    // One sequence per engine slot (+1 for probes), each keeping only its attention window:
+    // audio of any length streams through a small cache.
+    n_seqs_ = n_seqs + 1;
+    detok_pos_.assign(n_seqs_, 0);
+    const int per_seq = std::max(256, (detok_window_ + kDetokBatch + 63) / 64 * 64);
     llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = 1024;
-    cp.n_batch = kDetokBatch;
-    cp.n_ubatch = kDetokBatch;
-    cp.n_seq_max = 1;
-    cp.n_threads = engine_.n_threads();
-    cp.n_threads_batch = engine_.n_threads();
+    cp.n_ctx = static_cast<uint32_t>(per_seq * n_seqs_);
+    cp.n_batch = static_cast<uint32_t>(std::max(kDetokBatch, kUpsample * n_seqs_));
+    cp.n_ubatch = cp.n_batch;
+    cp.n_seq_max = static_cast<uint32_t>(n_seqs_);
+    cp.kv_unified = false;
+    cp.n_threads = n_threads;
+    cp.n_threads_batch = n_threads;
     cp.embeddings = true;
     cp.pooling_type = LLAMA_POOLING_TYPE_NONE;
     cp.type_k = GGML_TYPE_F32;  // a window of 30 positions: full precision costs nothing
     cp.type_v = GGML_TYPE_F32;
     cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    cp.swa_full = false;  // only the window's positions are kept: audio of any length streams through
+    cp.swa_full = false;
     cp.no_perf = true;
-    if (!engine_.gpu()) cp.op_offload = false;
+    if (!gpu_) cp.op_offload = false;
     detok_ctx_ = llama_init_from_model(detok_model_, cp);
     if (!detok_ctx_) throw engine_error("could not create a context for " + what);
 }
 
-void SpeechEngine::make_context(int n_ctx) {
-    llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = static_cast<uint32_t>(n_ctx);
-    cp.n_batch = 512;
-    cp.n_ubatch = 512;
-    cp.n_seq_max = 1;
-    cp.n_threads = engine_.n_threads();
-    cp.n_threads_batch = engine_.n_threads();
-    cp.pooling_type = LLAMA_POOLING_TYPE_NONE;
-    cp.no_perf = true;
-    cp.flash_attn_type = engine_.flash_attn() ? LLAMA_FLASH_ATTN_TYPE_AUTO : LLAMA_FLASH_ATTN_TYPE_DISABLED;
-    if (!engine_.gpu()) cp.op_offload = false;
-    // An all-F32 model gets an F32 cache: its hidden states then match the reference closely
-    // enough for greedy audio codes to agree (the depthformer's decisions are often close).
-    char ftype[16] = {0};
-    if (llama_model_meta_val_str(model_, "general.file_type", ftype, sizeof ftype) > 0 && std::atoi(ftype) == 0) {
-        cp.type_k = GGML_TYPE_F32;
-        cp.type_v = GGML_TYPE_F32;
-    }
-    if (ctx_) { llama_free(ctx_); ctx_ = nullptr; }
-    prefix_tokens_.clear();
-    prefix_state_.clear();
-    ctx_ = llama_init_from_model(model_, cp);
-    if (!ctx_) throw engine_error("could not create a speech context of " + std::to_string(n_ctx) + " tokens");
-    n_ctx_ = static_cast<int>(llama_n_ctx(ctx_));
-}
-
 // ---------------------------------------------------------------- the audio head graphs
-// A graph built and allocated once and run many times: the shapes of every step are fixed
-// (codebook j always attends to positions 0..j), so nothing is rebuilt per frame.
-struct SpeechEngine::StaticGraph {
+// A graph built and allocated once per (codebook, batch size) and run many times: codebook
+// j always attends to positions 0..j of its own row, so nothing is rebuilt per frame.
+struct SpeechHead::StaticGraph {
     std::vector<uint8_t> meta;
     ggml_context* ctx = nullptr;
     ggml_cgraph* gf = nullptr;
@@ -396,7 +356,7 @@ struct SpeechEngine::StaticGraph {
     }
 };
 
-std::unique_ptr<SpeechEngine::StaticGraph> SpeechEngine::new_graph() const {
+std::unique_ptr<SpeechHead::StaticGraph> SpeechHead::new_graph() const {
     auto g = std::make_unique<StaticGraph>();
     g->meta.resize(kGraphSize * ggml_tensor_overhead() + ggml_graph_overhead_custom(kGraphSize, false));
     g->ctx = ggml_init({g->meta.size(), g->meta.data(), /*no_alloc=*/true});
@@ -404,32 +364,34 @@ std::unique_ptr<SpeechEngine::StaticGraph> SpeechEngine::new_graph() const {
     return g;
 }
 
-void SpeechEngine::allocate(StaticGraph& g) const {
+void SpeechHead::allocate(StaticGraph& g) const {
     g.alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backends_[0]));
     if (!g.alloc || !ggml_gallocr_alloc_graph(g.alloc, g.gf)) throw engine_error("could not allocate an audio-head graph");
 }
 
-void SpeechEngine::compute(StaticGraph& g) {
+void SpeechHead::compute(StaticGraph& g) {
     if (ggml_backend_graph_compute(backends_[0], g.gf) != GGML_STATUS_SUCCESS)
         throw engine_error("the audio head's computation failed");
 }
 
-// Codebook j's step: the depthformer at position j, on slice j of depth_linear(hidden) plus
-// the embedding of the previous codebook's code (input `in2`); writes position j of the KV
-// cache; output: codebook j's logits.
-std::unique_ptr<SpeechEngine::StaticGraph> SpeechEngine::build_step(int j) {
+// Codebook j's step for B rows: the depthformer at position j, on slice j of
+// depth_linear(hidden) plus the embedding of the previous codebook's code (input `in2`);
+// writes position j of each row's KV cache; output: codebook j's logits, one column per row.
+SpeechHead::StaticGraph& SpeechHead::step_graph(int j, int B) {
+    auto& slot = steps_[{j, B}];
+    if (slot) return *slot;
     auto g = new_graph();
     ggml_context* c0 = g->ctx;
     ggml_cgraph* gf = g->gf;
-    ggml_tensor* h = g->in = ggml_new_tensor_1d(c0, GGML_TYPE_F32, n_embd_);
+    ggml_tensor* h = g->in = ggml_new_tensor_2d(c0, GGML_TYPE_F32, n_embd_, B);
     ggml_set_input(h);
-    ggml_tensor* pos = g->pos = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
+    ggml_tensor* pos = g->pos = ggml_new_tensor_1d(c0, GGML_TYPE_I32, B);  // every row at position j
     ggml_set_input(pos);
 
-    ggml_tensor* cur = ggml_mul_mat(c0, depth_ws_[j], h);
+    ggml_tensor* cur = ggml_mul_mat(c0, depth_ws_[j], h);  // [dim, B]
     cur = ggml_add(c0, cur, ggml_view_1d(c0, depth_b_, dim_, static_cast<size_t>(j) * dim_ * ggml_element_size(depth_b_)));
     if (j > 0) {
-        g->in2 = ggml_new_tensor_1d(c0, GGML_TYPE_I32, 1);
+        g->in2 = ggml_new_tensor_1d(c0, GGML_TYPE_I32, B);
         ggml_set_input(g->in2);
         cur = ggml_add(c0, cur, ggml_get_rows(c0, heads_[j - 1].embd, g->in2));
     }
@@ -438,422 +400,180 @@ std::unique_ptr<SpeechEngine::StaticGraph> SpeechEngine::build_step(int j) {
     for (const Layer& l : layers_) {
         ggml_tensor* x = cur;
         ggml_tensor* n = ggml_mul(c0, ggml_rms_norm(c0, x, eps_), l.attn_norm);
-        ggml_tensor* qkv = ggml_mul_mat(c0, l.wqkv, n);  // [dim + 2 kv, 1]
-        ggml_tensor* q = ggml_view_3d(c0, qkv, head_dim_, n_head_, 1, head_dim_ * es, qkv->nb[1], 0);
-        ggml_tensor* k = ggml_view_3d(c0, qkv, head_dim_, n_head_kv_, 1, head_dim_ * es, qkv->nb[1], dim_ * es);
-        ggml_tensor* v = ggml_view_3d(c0, qkv, head_dim_, n_head_kv_, 1, head_dim_ * es, qkv->nb[1], (dim_ + kv) * es);
+        ggml_tensor* qkv = ggml_mul_mat(c0, l.wqkv, n);  // [dim + 2 kv, B]
+        ggml_tensor* q = ggml_view_3d(c0, qkv, head_dim_, n_head_, B, head_dim_ * es, qkv->nb[1], 0);
+        ggml_tensor* k = ggml_view_3d(c0, qkv, head_dim_, n_head_kv_, B, head_dim_ * es, qkv->nb[1], dim_ * es);
+        ggml_tensor* v = ggml_view_3d(c0, qkv, head_dim_, n_head_kv_, B, head_dim_ * es, qkv->nb[1], (dim_ + kv) * es);
         q = ggml_mul(c0, ggml_rms_norm(c0, q, eps_), l.q_norm);
         k = ggml_mul(c0, ggml_rms_norm(c0, k, eps_), l.k_norm);
         // liquid-audio's RoPE rotates adjacent pairs: ggml's "normal" mode
         q = ggml_rope_ext(c0, q, pos, nullptr, head_dim_, GGML_ROPE_TYPE_NORMAL, 0, rope_base_, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
         k = ggml_rope_ext(c0, k, pos, nullptr, head_dim_, GGML_ROPE_TYPE_NORMAL, 0, rope_base_, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        // caches are [hd, kv heads, codebook, row]: write codebook j of rows 0..B-1
         ggml_tensor* kc = l.k_cache;
         ggml_tensor* vc = l.v_cache;
-        ggml_build_forward_expand(gf, ggml_cpy(c0, k, ggml_view_3d(c0, kc, head_dim_, n_head_kv_, 1, kc->nb[1], kc->nb[2], j * kc->nb[2])));
-        ggml_build_forward_expand(gf, ggml_cpy(c0, v, ggml_view_3d(c0, vc, head_dim_, n_head_kv_, 1, vc->nb[1], vc->nb[2], j * vc->nb[2])));
-        ggml_tensor* K = ggml_permute(c0, ggml_view_3d(c0, kc, head_dim_, n_head_kv_, j + 1, kc->nb[1], kc->nb[2], 0), 0, 2, 1, 3);
-        ggml_tensor* V = ggml_view_3d(c0, vc, head_dim_, n_head_kv_, j + 1, vc->nb[1], vc->nb[2], 0);
-        ggml_tensor* Q = ggml_permute(c0, q, 0, 2, 1, 3);                 // [hd, 1, heads]
-        ggml_tensor* kq = ggml_mul_mat(c0, K, Q);                          // [j+1, 1, heads]; head h reads KV head h/4
+        ggml_build_forward_expand(gf, ggml_cpy(c0, v, ggml_view_3d(c0, vc, head_dim_, n_head_kv_, B, vc->nb[1], vc->nb[3], j * vc->nb[2])));
+        ggml_build_forward_expand(gf, ggml_cpy(c0, k, ggml_view_3d(c0, kc, head_dim_, n_head_kv_, B, kc->nb[1], kc->nb[3], j * kc->nb[2])));
+        ggml_tensor* K = ggml_permute(c0, ggml_view_4d(c0, kc, head_dim_, n_head_kv_, j + 1, B, kc->nb[1], kc->nb[2], kc->nb[3], 0),
+                                      0, 2, 1, 3);                                      // [hd, j+1, kv heads, B]
+        ggml_tensor* V = ggml_view_4d(c0, vc, head_dim_, n_head_kv_, j + 1, B, vc->nb[1], vc->nb[2], vc->nb[3], 0);
+        ggml_tensor* Q = ggml_permute(c0, ggml_reshape_4d(c0, q, head_dim_, n_head_, 1, B), 0, 2, 1, 3);  // [hd, 1, heads, B]
+        ggml_tensor* kq = ggml_mul_mat(c0, K, Q);  // [j+1, 1, heads, B]; head h reads KV head h/4
         kq = ggml_soft_max_ext(c0, kq, nullptr, 1.0f / std::sqrt(static_cast<float>(head_dim_)), 0.0f);
-        ggml_tensor* Vt = ggml_cont(c0, ggml_permute(c0, V, 1, 2, 0, 3));  // [j+1, hd, kv heads]
-        ggml_tensor* o = ggml_mul_mat(c0, Vt, kq);                         // [hd, 1, heads]
-        o = ggml_cont_2d(c0, ggml_permute(c0, o, 0, 2, 1, 3), dim_, 1);
+        ggml_tensor* Vt = ggml_cont(c0, ggml_permute(c0, V, 1, 2, 0, 3));  // [j+1, hd, kv heads, B]
+        ggml_tensor* o = ggml_mul_mat(c0, Vt, kq);                         // [hd, 1, heads, B]
+        o = ggml_cont_2d(c0, ggml_permute(c0, o, 0, 2, 1, 3), dim_, B);
         cur = ggml_add(c0, ggml_mul_mat(c0, l.wo, o), x);
         ggml_tensor* f = ggml_mul(c0, ggml_rms_norm(c0, cur, eps_), l.ffn_norm);
         f = ggml_swiglu_split(c0, ggml_mul_mat(c0, l.w1, f), ggml_mul_mat(c0, l.w3, f));  // silu(w1 f) * w3 f
         cur = ggml_add(c0, cur, ggml_mul_mat(c0, l.w2, f));
     }
     const CodebookHead& head = heads_[j];
-    g->out = ggml_mul_mat(c0, head.to_logits, ggml_mul(c0, ggml_rms_norm(c0, cur, eps_), head.norm));
+    g->out = ggml_mul_mat(c0, head.to_logits, ggml_mul(c0, ggml_rms_norm(c0, cur, eps_), head.norm));  // [vocab, B]
     ggml_set_output(g->out);
     ggml_build_forward_expand(gf, g->out);
     allocate(*g);
-    return g;
+    slot = std::move(g);
+    return *slot;
 }
 
-std::vector<float> SpeechEngine::depth_step(const float* hidden, int j, int prev_code) {
-    if (steps_.empty())
-        for (int i = 0; i < kCodebooks; ++i) steps_.push_back(build_step(i));
-    StaticGraph& g = *steps_[j];
-    // every input is set before each run: the allocator reuses an input's memory once it is read
-    ggml_backend_tensor_set(g.in, hidden, 0, n_embd_ * sizeof(float));
-    const int32_t pos = j;
-    ggml_backend_tensor_set(g.pos, &pos, 0, sizeof pos);
-    if (g.in2) {
-        const int32_t pc = prev_code;
-        ggml_backend_tensor_set(g.in2, &pc, 0, sizeof pc);
-    }
-    compute(g);
-    std::vector<float> out(n_audio_vocab_);
-    ggml_backend_tensor_get(g.out, out.data(), 0, out.size() * sizeof(float));
-    return out;
-}
-
-// One audio frame: 8 codes, each sampled (or forced) after its own depthformer step.
-Frame SpeechEngine::run_frame(const float* hidden, const Frame* forced, llama_sampler* smpl, std::vector<float>* logits_out) {
-    Frame codes{};
-    std::vector<llama_token_data> cand(n_audio_vocab_);
-    int prev = -1;
+void SpeechHead::frames(const float* hidden, int B, llama_sampler* const* samplers, const Frame* forced, Frame* out,
+                        std::vector<float>* logits_out) {
+    if (B < 1 || B > max_batch_) throw std::invalid_argument("audio head batch of " + std::to_string(B) + " rows");
+    std::vector<float> logits(static_cast<size_t>(n_audio_vocab_) * B);
+    std::vector<int32_t> pos(B), prev(B);
+    if (logits_out) logits_out->assign(static_cast<size_t>(B) * kCodebooks * n_audio_vocab_, 0.0f);
     for (int j = 0; j < kCodebooks; ++j) {
-        std::vector<float> logits = depth_step(hidden, j, prev);
-        if (logits_out) logits_out->insert(logits_out->end(), logits.begin(), logits.end());
-        int code;
-        if (forced) {
-            code = (*forced)[j];
-        } else if (!smpl) {
-            code = argmax(logits.data(), n_audio_vocab_);
-        } else {
-            for (int i = 0; i < n_audio_vocab_; ++i) cand[i] = {i, logits[i], 0.0f};
-            llama_token_data_array arr = {cand.data(), cand.size(), -1, false};
-            llama_sampler_apply(smpl, &arr);
-            if (arr.selected < 0 || arr.selected >= static_cast<int64_t>(arr.size)) throw std::runtime_error("audio sampling failed");
-            code = arr.data[arr.selected].id;
+        StaticGraph& g = step_graph(j, B);
+        // every input is set before each run: the allocator reuses an input's memory once it is read
+        ggml_backend_tensor_set(g.in, hidden, 0, static_cast<size_t>(n_embd_) * B * sizeof(float));
+        std::fill(pos.begin(), pos.end(), j);
+        ggml_backend_tensor_set(g.pos, pos.data(), 0, B * sizeof(int32_t));
+        if (g.in2) ggml_backend_tensor_set(g.in2, prev.data(), 0, B * sizeof(int32_t));
+        compute(g);
+        ggml_backend_tensor_get(g.out, logits.data(), 0, logits.size() * sizeof(float));
+        for (int b = 0; b < B; ++b) {
+            const float* l = logits.data() + static_cast<size_t>(b) * n_audio_vocab_;
+            if (logits_out)
+                std::memcpy(logits_out->data() + (static_cast<size_t>(b) * kCodebooks + j) * n_audio_vocab_, l,
+                            n_audio_vocab_ * sizeof(float));
+            const int code = forced ? forced[b][j] : pick(samplers ? samplers[b] : nullptr, l, n_audio_vocab_);
+            if (code < 0 || code >= n_audio_vocab_) throw std::invalid_argument("audio code out of range");
+            out[b][j] = code;
+            prev[b] = code;
         }
-        if (code < 0 || code >= n_audio_vocab_) throw std::invalid_argument("audio code out of range");
-        codes[j] = code;
-        prev = code;
     }
-    return codes;
 }
 
-// The backbone's input for a frame (its codes' audio embeddings, summed) and, if asked,
-// the detokenizer's (its codes' rows of emb.emb, averaged).
-void SpeechEngine::embed_frame(const Frame& codes, std::vector<float>& backbone_in, std::vector<float>* detok_in) {
-    if (!embed_) {
-        embed_ = new_graph();
-        ggml_context* c0 = embed_->ctx;
-        embed_->in = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks);
-        ggml_set_input(embed_->in);
-        ggml_tensor* rows = ggml_get_rows(c0, audio_embd_, embed_->in);                  // [n_embd, 8]
-        embed_->out = ggml_sum_rows(c0, ggml_cont(c0, ggml_transpose(c0, rows)));       // [1, n_embd]
-        ggml_set_output(embed_->out);
-        ggml_build_forward_expand(embed_->gf, embed_->out);
-        embed_->in2 = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks);
-        ggml_set_input(embed_->in2);
-        ggml_tensor* drows = ggml_get_rows(c0, detok_embd_, embed_->in2);
-        embed_->out2 = ggml_scale(c0, ggml_sum_rows(c0, ggml_cont(c0, ggml_transpose(c0, drows))), 1.0f / kCodebooks);
-        ggml_set_output(embed_->out2);
-        ggml_build_forward_expand(embed_->gf, embed_->out2);
-        allocate(*embed_);
-    }
-    int32_t a[kCodebooks], d[kCodebooks];
-    for (int k = 0; k < kCodebooks; ++k) {
-        a[k] = codes[k] + k * n_audio_vocab_;
-        d[k] = std::min(codes[k], kDetokCodes - 1) + k * kDetokCodes;  // unused when a code is 2048
-    }
-    ggml_backend_tensor_set(embed_->in, a, 0, sizeof a);
-    ggml_backend_tensor_set(embed_->in2, d, 0, sizeof d);
-    compute(*embed_);
-    backbone_in.resize(n_embd_);
-    ggml_backend_tensor_get(embed_->out, backbone_in.data(), 0, n_embd_ * sizeof(float));
+// The backbone's input for B frames (their codes' audio embeddings, summed) and the
+// detokenizer's (their codes' rows of emb.emb, averaged).
+SpeechHead::StaticGraph& SpeechHead::embed_graph(int B) {
+    auto& slot = embeds_[B];
+    if (slot) return *slot;
+    auto g = new_graph();
+    ggml_context* c0 = g->ctx;
+    auto summed = [&](ggml_tensor* table, ggml_tensor* ids, int width) {
+        ggml_tensor* rows = ggml_reshape_3d(c0, ggml_get_rows(c0, table, ids), width, kCodebooks, B);  // [w, 8, B]
+        ggml_tensor* s = ggml_sum_rows(c0, ggml_cont(c0, ggml_permute(c0, rows, 1, 0, 2, 3)));      // [1, w, B]
+        return ggml_reshape_2d(c0, s, width, B);
+    };
+    g->in = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks * B);
+    ggml_set_input(g->in);
+    g->out = summed(audio_embd_, g->in, n_embd_);
+    ggml_set_output(g->out);
+    ggml_build_forward_expand(g->gf, g->out);
+    g->in2 = ggml_new_tensor_1d(c0, GGML_TYPE_I32, kCodebooks * B);
+    ggml_set_input(g->in2);
+    g->out2 = ggml_scale(c0, summed(detok_embd_, g->in2, static_cast<int>(detok_embd_->ne[0])), 1.0f / kCodebooks);
+    ggml_set_output(g->out2);
+    ggml_build_forward_expand(g->gf, g->out2);
+    allocate(*g);
+    slot = std::move(g);
+    return *slot;
+}
+
+void SpeechHead::embed(const Frame* codes, int B, std::vector<float>& backbone_in, std::vector<float>* detok_in) {
+    for (int b = 0; b < B; ++b)
+        for (int c : codes[b]) if (c < 0 || c >= n_audio_vocab_) throw std::invalid_argument("audio codes must be in [0, 2048]");
+    StaticGraph& g = embed_graph(B);
+    std::vector<int32_t> a(kCodebooks * B), d(kCodebooks * B);
+    for (int b = 0; b < B; ++b)
+        for (int k = 0; k < kCodebooks; ++k) {
+            a[b * kCodebooks + k] = codes[b][k] + k * n_audio_vocab_;
+            d[b * kCodebooks + k] = std::min<int>(codes[b][k], kDetokCodes - 1) + k * kDetokCodes;  // unused when a code is 2048
+        }
+    ggml_backend_tensor_set(g.in, a.data(), 0, a.size() * sizeof(int32_t));
+    ggml_backend_tensor_set(g.in2, d.data(), 0, d.size() * sizeof(int32_t));
+    compute(g);
+    backbone_in.resize(static_cast<size_t>(n_embd_) * B);
+    ggml_backend_tensor_get(g.out, backbone_in.data(), 0, backbone_in.size() * sizeof(float));
     if (detok_in) {
-        detok_in->resize(detok_embd_n_);
-        ggml_backend_tensor_get(embed_->out2, detok_in->data(), 0, detok_embd_n_ * sizeof(float));
+        detok_in->resize(static_cast<size_t>(detok_embd_n_) * B);
+        ggml_backend_tensor_get(g.out2, detok_in->data(), 0, detok_in->size() * sizeof(float));
     }
 }
 
-// Runs the detokenizer over n_frames frames' embeddings (each repeated kUpsample times),
-// continuing its cache; appends kUpsample*n_frames rows of n_spec_ values to `spectrum`.
-void SpeechEngine::detok_frame(const std::vector<float>& detok_in, int n_frames, std::vector<float>& spectrum) {
-    const int n = n_frames * kUpsample;
-    std::vector<float> rows(static_cast<size_t>(n) * detok_embd_n_);
-    for (int f = 0; f < n_frames; ++f)
-        for (int r = 0; r < kUpsample; ++r)
-            std::memcpy(&rows[(static_cast<size_t>(f) * kUpsample + r) * detok_embd_n_], &detok_in[static_cast<size_t>(f) * detok_embd_n_],
-                        detok_embd_n_ * sizeof(float));
-    RowBatch batch(kDetokBatch);
-    for (int off = 0; off < n; off += kDetokBatch) {
-        const int m = std::min(kDetokBatch, n - off);
+// ---------------------------------------------------------------- the detokenizer
+void SpeechHead::reset(int seq) {
+    if (seq < 0 || seq >= n_seqs_) throw std::out_of_range("detokenizer sequence");
+    llama_memory_seq_rm(llama_get_memory(detok_ctx_), seq, -1, -1);
+    detok_pos_[seq] = 0;
+}
+
+// Each listed sequence gets `rows_per_seq` input rows (of detok_embd_n_ floats, sequence
+// after sequence in `rows_in`), decoded together; their spectrogram rows are appended in
+// the same order.
+void SpeechHead::detok_rows(const std::vector<int>& seqs, const float* rows_in, int rows_per_seq, std::vector<float>& spectrum) {
+    const int n = static_cast<int>(seqs.size()) * rows_per_seq;
+    const int cap = static_cast<int>(llama_n_batch(detok_ctx_));
+    if (n > cap) throw std::invalid_argument("too many detokenizer rows for one batch");
+    for (int s : seqs) {
+        if (s < 0 || s >= n_seqs_) throw std::out_of_range("detokenizer sequence");
         // Positions that left the attention window are never read again: drop them, so the
         // cache (sized for the window) holds any length of audio.
-        if (detok_window_ > 0 && detok_pos_ > detok_window_)
-            llama_memory_seq_rm(llama_get_memory(detok_ctx_), 0, 0, detok_pos_ - detok_window_);
-        batch.clear();
-        batch.set_embd(rows.data() + static_cast<size_t>(off) * detok_embd_n_);
-        for (int i = 0; i < m; ++i) batch.add_embd_row(detok_pos_ + i, 0);
-        llama_batch b = batch.get();
-        std::vector<int8_t> all(m, 1);
-        b.logits = all.data();  // every row is an output
-        if (llama_decode(detok_ctx_, b) != 0) throw engine_error("the audio detokenizer failed");
-        detok_pos_ += m;
-        const float* e = llama_get_embeddings(detok_ctx_);
-        if (!e) throw engine_error("the audio detokenizer produced no output");
-        spectrum.insert(spectrum.end(), e, e + static_cast<size_t>(m) * n_spec_);
+        if (detok_window_ > 0 && detok_pos_[s] > detok_window_)
+            llama_memory_seq_rm(llama_get_memory(detok_ctx_), s, 0, detok_pos_[s] - detok_window_);
     }
+    RowBatch batch(n);
+    batch.set_embd(rows_in);
+    for (size_t i = 0; i < seqs.size(); ++i)
+        for (int r = 0; r < rows_per_seq; ++r) batch.add_embd_row(detok_pos_[seqs[i]] + r, seqs[i]);
+    llama_batch b = batch.get();
+    std::vector<int8_t> all(n, 1);
+    b.logits = all.data();  // every row is an output
+    if (llama_decode(detok_ctx_, b) != 0) throw engine_error("the audio detokenizer failed");
+    for (int s : seqs) detok_pos_[s] += rows_per_seq;
+    const float* e = llama_get_embeddings(detok_ctx_);
+    if (!e) throw engine_error("the audio detokenizer produced no output");
+    spectrum.insert(spectrum.end(), e, e + static_cast<size_t>(n) * n_spec_);
 }
 
-// ---------------------------------------------------------------- probes
-std::vector<float> SpeechEngine::depth_logits(const std::vector<float>& hidden, const Frame& codes) {
-    if (static_cast<int>(hidden.size()) != n_embd_) throw std::invalid_argument("hidden must have n_embd values");
-    std::lock_guard<std::mutex> lock(mu_);
-    std::vector<float> out;
-    run_frame(hidden.data(), &codes, nullptr, &out);
-    return out;
+void SpeechHead::detokenize(const std::vector<int>& seqs, const float* detok_in, std::vector<float>& spectrum) {
+    if (seqs.empty()) return;
+    std::vector<float> rows(seqs.size() * kUpsample * static_cast<size_t>(detok_embd_n_));
+    for (size_t i = 0; i < seqs.size(); ++i)
+        for (int r = 0; r < kUpsample; ++r)
+            std::memcpy(&rows[(i * kUpsample + r) * detok_embd_n_], detok_in + i * detok_embd_n_, detok_embd_n_ * sizeof(float));
+    detok_rows(seqs, rows.data(), kUpsample, spectrum);
 }
 
-Frame SpeechEngine::sample_frame(const std::vector<float>& hidden, float temperature, int top_k, uint32_t seed) {
-    if (static_cast<int>(hidden.size()) != n_embd_) throw std::invalid_argument("hidden must have n_embd values");
-    std::lock_guard<std::mutex> lock(mu_);
-    SamplerPtr smpl = make_sampler(temperature, top_k, seed);
-    return run_frame(hidden.data(), nullptr, smpl.get(), nullptr);
-}
-
-std::vector<float> SpeechEngine::frame_embedding(const Frame& codes) {
-    for (int c : codes) if (c < 0 || c >= n_audio_vocab_) throw std::invalid_argument("audio codes must be in [0, 2048]");
-    std::lock_guard<std::mutex> lock(mu_);
-    std::vector<float> out;
-    embed_frame(codes, out, nullptr);
-    return out;
-}
-
-std::vector<float> SpeechEngine::detokenize(const std::vector<Frame>& frames) {
+std::vector<float> SpeechHead::detokenize_fresh(const std::vector<Frame>& frames) {
     for (auto& f : frames)
         for (int c : f) if (c < 0 || c >= kDetokCodes) throw std::invalid_argument("detokenizer codes must be in [0, 2047]");
-    std::lock_guard<std::mutex> lock(mu_);
-    llama_memory_clear(llama_get_memory(detok_ctx_), true);
-    detok_pos_ = 0;
-    std::vector<float> embd, all, tmp;
-    for (auto& f : frames) {
-        embed_frame(f, tmp, &embd);
-        all.insert(all.end(), embd.begin(), embd.end());
+    const int seq = n_seqs_ - 1;  // the probes' own sequence
+    reset(seq);
+    std::vector<float> spectrum, tmp, detok_in;
+    for (size_t off = 0; off < frames.size(); off += kDetokBatch / kUpsample) {
+        const int m = static_cast<int>(std::min(frames.size() - off, static_cast<size_t>(kDetokBatch / kUpsample)));
+        std::vector<float> rows;
+        for (int f = 0; f < m; ++f) {
+            embed(&frames[off + f], 1, tmp, &detok_in);
+            for (int r = 0; r < kUpsample; ++r) rows.insert(rows.end(), detok_in.begin(), detok_in.end());
+        }
+        detok_rows({seq}, rows.data(), m * kUpsample, spectrum);
     }
-    std::vector<float> spectrum;
-    if (!frames.empty()) detok_frame(all, static_cast<int>(frames.size()), spectrum);
+    reset(seq);
     return spectrum;
-}
-
-// ---------------------------------------------------------------- generation
-namespace {
-
-ChunksPtr tokenize_prompt(Engine& engine, const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio) {
-    mtmd_context* mctx = engine.mtmd();
-    std::vector<BitmapPtr> bitmaps;
-    for (auto& pcm : audio) {
-        if (pcm.empty()) throw std::invalid_argument("an audio clip is empty");
-        if (pcm.size() > static_cast<size_t>(kMaxClipSeconds * engine.sample_rate()))
-            throw std::invalid_argument("the audio is longer than the audio encoder takes at once (" +
-                                        std::to_string(static_cast<int>(kMaxClipSeconds)) + " s); shorten it");
-        bitmaps.emplace_back(mtmd_bitmap_init_from_audio(pcm.size(), pcm.data()));
-        if (!bitmaps.back()) throw engine_error("could not prepare the audio");
-    }
-    std::vector<mtmd_input_text> texts(parts.size());
-    std::vector<mtmd_input_part> mparts(parts.size());
-    std::vector<const mtmd_input_part*> ptrs;
-    for (size_t i = 0; i < parts.size(); ++i) {
-        const PromptPart& p = parts[i];
-        if (p.audio >= 0) {
-            if (p.audio >= static_cast<int>(audio.size())) throw std::invalid_argument("a prompt part refers to a missing audio clip");
-            mparts[i] = {nullptr, bitmaps[p.audio].get()};
-        } else {
-            texts[i] = {p.text.c_str(), p.text.size(), false, p.special};
-            mparts[i] = {&texts[i], nullptr};
-        }
-        ptrs.push_back(&mparts[i]);
-    }
-    ChunksPtr chunks(mtmd_input_chunks_init());
-    int32_t rc;
-    {
-        std::lock_guard<std::mutex> lock(engine.mtmd_mutex());
-        rc = mtmd_tokenize_from_parts(mctx, chunks.get(), ptrs.data(), ptrs.size(), /*add_special=*/true);
-    }
-    if (rc != 0) throw engine_error("could not turn the prompt into model input");
-    return chunks;
-}
-
-}  // namespace
-
-// The prompt up to its second turn (BOS + the system turn: the voice instruction) is the
-// same for many requests: its state is kept after the first and restored for the next
-// request that starts with the same tokens, instead of evaluating it again. Returns how
-// many tokens of `toks` are in the context afterwards.
-size_t SpeechEngine::prefill_prefix(const llama_token* toks, size_t n, RowBatch& batch) {
-    size_t p = 0;
-    int starts = 0;
-    for (; p < n; ++p)
-        if (toks[p] == kImStart && ++starts == 2) break;
-    if (starts < 2 || p == 0) return 0;  // no system turn before a second one
-    std::vector<llama_token> prefix(toks, toks + p);
-    if (prefix == prefix_tokens_ && !prefix_state_.empty() &&
-        llama_state_seq_set_data(ctx_, prefix_state_.data(), prefix_state_.size(), 0) == prefix_state_.size())
-        return p;
-    llama_memory_clear(llama_get_memory(ctx_), true);
-    for (size_t off = 0; off < p; off += 512) {
-        batch.clear();
-        const size_t end = std::min(p, off + 512);
-        for (size_t j = off; j < end; ++j) batch.add(toks[j], static_cast<llama_pos>(j), 0, false);
-        if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("prompt evaluation failed");
-    }
-    prefix_state_.resize(llama_state_seq_get_size(ctx_, 0));
-    prefix_state_.resize(llama_state_seq_get_data(ctx_, prefix_state_.data(), prefix_state_.size(), 0));
-    prefix_tokens_ = prefix_state_.empty() ? std::vector<llama_token>() : prefix;
-    return p;
-}
-
-SpeechResult SpeechEngine::generate(const std::vector<PromptPart>& parts, const std::vector<std::vector<float>>& audio,
-                                    const SpeechParams& sp, const SpeechSink& sink, const std::shared_ptr<CancelFlag>& cancel) {
-    std::lock_guard<std::mutex> lock(mu_);
-    SpeechResult res;
-    auto t_enc = std::chrono::steady_clock::now();
-    ChunksPtr chunks = tokenize_prompt(engine_, parts, audio);
-    res.encode_ms += ms_since(t_enc);
-    const size_t n_chunks = mtmd_input_chunks_size(chunks.get());
-    if (n_chunks == 0 || mtmd_input_chunk_get_type(mtmd_input_chunks_get(chunks.get(), n_chunks - 1)) != MTMD_INPUT_CHUNK_TYPE_TEXT)
-        throw std::invalid_argument("the prompt must end with text");
-    const int n_prompt = static_cast<int>(mtmd_helper_get_n_pos(chunks.get()));
-    res.n_prompt_tokens = n_prompt;
-    const int max_ctx = std::max(4096, static_cast<int>(llama_model_n_ctx_train(model_)));
-    if (n_prompt + 2 > max_ctx) throw std::length_error("the prompt (" + std::to_string(n_prompt) + " tokens) does not fit the model's context");
-    const int need = std::min(max_ctx, n_prompt + std::max(1, sp.max_new_tokens) + 2);
-    if (need > n_ctx_) make_context((need + 255) / 256 * 256);
-    llama_memory_clear(llama_get_memory(ctx_), true);
-    llama_memory_clear(llama_get_memory(detok_ctx_), true);
-    detok_pos_ = 0;
-    auto cancelled = [&] { return cancel && cancel->set.load(); };
-
-    // ---- prefill: everything but the last token without outputs; the last one alone, with
-    // logits (text first) or its hidden state (audio first).
-    const int n_embd_in = llama_model_n_embd_inp(model_);
-    llama_pos n_past = 0;
-    RowBatch batch(512);
-    llama_set_embeddings(ctx_, false);
-    auto t_pre = std::chrono::steady_clock::now();
-    llama_token last = -1;
-    for (size_t i = 0; i < n_chunks; ++i) {
-        if (cancelled()) { res.stop_reason = "cancelled"; return res; }
-        const mtmd_input_chunk* c = mtmd_input_chunks_get(chunks.get(), i);
-        const bool last_chunk = i + 1 == n_chunks;
-        if (mtmd_input_chunk_get_type(c) == MTMD_INPUT_CHUNK_TYPE_TEXT) {
-            size_t n = 0;
-            const llama_token* toks = mtmd_input_chunk_get_tokens_text(c, &n);
-            size_t n_now = last_chunk ? n - 1 : n;
-            if (last_chunk) last = toks[n - 1];
-            size_t start = 0;
-            if (i == 0) n_past = start = static_cast<llama_pos>(prefill_prefix(toks, n_now, batch));
-            for (size_t off = start; off < n_now; off += 512) {
-                batch.clear();
-                size_t end = std::min(n_now, off + 512);
-                for (size_t j = off; j < end; ++j) batch.add(toks[j], n_past++, 0, false);
-                if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("prompt evaluation failed");
-            }
-        } else {
-            const size_t n = mtmd_input_chunk_get_n_tokens(c);
-            std::vector<float> embd;
-            auto t0 = std::chrono::steady_clock::now();
-            {
-                std::lock_guard<std::mutex> mlock(engine_.mtmd_mutex());
-                if (mtmd_encode_chunk(engine_.mtmd(), c) != 0) throw engine_error("audio encoding failed");
-                const float* e = mtmd_get_output_embd(engine_.mtmd());
-                embd.assign(e, e + n * static_cast<size_t>(n_embd_in));
-            }
-            res.encode_ms += ms_since(t0);
-            for (size_t off = 0; off < n; off += 512) {
-                batch.clear();
-                batch.set_embd(embd.data() + off * n_embd_in);
-                size_t end = std::min(n, off + 512);
-                for (size_t j = off; j < end; ++j) batch.add_embd_row(n_past++, 0);
-                if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("decoding the audio embeddings failed");
-            }
-        }
-    }
-    bool audio_mode = sp.start_audio;
-    llama_set_embeddings(ctx_, audio_mode);
-    batch.clear();
-    batch.add(last, n_past++, 0, true);
-    if (llama_decode(ctx_, batch.get()) != 0) throw engine_error("prompt evaluation failed");
-    res.prefill_ms = ms_since(t_pre);
-
-    // ---- the generation loop (liquid-audio's generate_sequential / generate_interleaved)
-    SamplerPtr text_smpl = make_sampler(sp.text_temperature, sp.text_top_k, sp.seed + 1);
-    SamplerPtr audio_smpl = make_sampler(sp.audio_temperature, sp.audio_top_k, sp.seed);
-    int left = audio_mode ? sp.n_audio : sp.n_text;
-    bool text_done = false;
-    std::string pending;
-    std::vector<float> next_embd, detok_in, spectrum;
-    const int n_vocab = llama_vocab_n_tokens(engine_.vocab());
-    for (int step = 0;; ++step) {
-        if (cancelled()) { res.stop_reason = "cancelled"; break; }
-        if (sp.interleaved) --left;
-        llama_token next_token = -1;
-        SpeechEvent ev;
-        std::string stop;
-        if (!audio_mode) {
-            llama_token tok;
-            if (text_smpl) {
-                tok = llama_sampler_sample(text_smpl.get(), ctx_, -1);
-            } else {
-                const float* logits = llama_get_logits_ith(ctx_, -1);
-                if (!logits) throw engine_error("no logits for the text step");
-                tok = argmax(logits, n_vocab);
-            }
-            if (sp.interleaved && tok == kImEnd) { res.stop_reason = "stop"; break; }
-            res.tokens.push_back(tok);
-            pending += engine_.token_piece(tok, false);
-            ev.kind = SpeechEvent::Text;
-            ev.token = tok;
-            ev.text = take_utf8(pending, false);
-            res.text += ev.text;
-            if (!sp.interleaved) {
-                if (tok == kAudioStart) audio_mode = true;
-                if (tok == kImEnd) stop = "stop";
-            } else {
-                if (tok == kTextEnd) text_done = true;
-                if (left == 0 || text_done) { audio_mode = true; left = sp.n_audio; }
-            }
-            next_token = tok;
-        } else {
-            const float* hidden = llama_get_embeddings_ith(ctx_, -1);
-            if (!hidden) throw engine_error("no hidden state for the audio step");
-            auto t0 = std::chrono::steady_clock::now();
-            Frame codes = run_frame(hidden, nullptr, audio_smpl.get(), nullptr);
-            res.depth_ms += ms_since(t0);
-            const bool end = codes[0] == kEndOfAudio && !sp.ignore_audio_end;
-            if (sp.interleaved && left == 0 && !text_done) { audio_mode = false; left = sp.n_text; }
-            if (end) { codes.fill(kEndOfAudio); audio_mode = false; }
-            ev.kind = end ? SpeechEvent::AudioEnd : SpeechEvent::Audio;
-            ev.codes = codes;
-            const bool valid = !end && std::none_of(codes.begin(), codes.end(), [](int c) { return c >= kDetokCodes; });
-            auto t1 = std::chrono::steady_clock::now();
-            embed_frame(codes, next_embd, sp.detokenize && valid ? &detok_in : nullptr);
-            res.depth_ms += ms_since(t1);
-            if (sp.detokenize && valid) {
-                auto t2 = std::chrono::steady_clock::now();
-                detok_frame(detok_in, 1, ev.spectrum);
-                res.detok_ms += ms_since(t2);
-            }
-            if (!end) res.frames.push_back(codes);
-            if (end && sp.stop_at_audio_end) stop = "audio_end";
-            else if (!end && sp.max_audio_frames >= 0 && static_cast<int>(res.frames.size()) >= sp.max_audio_frames) stop = "length";
-        }
-        sink(ev);
-        if (!stop.empty()) { res.stop_reason = stop; break; }
-        if (step + 1 >= sp.max_new_tokens) { res.stop_reason = "length"; break; }
-        if (n_past >= n_ctx_) { res.stop_reason = "context"; break; }
-        // feed the step back; the mode of the next step decides what the backbone outputs
-        llama_set_embeddings(ctx_, audio_mode);
-        batch.clear();
-        if (next_token >= 0) {
-            batch.add(next_token, n_past++, 0, true);
-        } else {
-            batch.set_embd(next_embd.data());
-            batch.add_embd_row(n_past++, 0);
-        }
-        auto t3 = std::chrono::steady_clock::now();
-        llama_batch b = batch.get();
-        int8_t one = 1;
-        b.logits = &one;
-        if (llama_decode(ctx_, b) != 0) throw engine_error("llama_decode failed during speech generation");
-        res.backbone_ms += ms_since(t3);
-    }
-    std::string tail = take_utf8(pending, true);
-    if (!tail.empty()) {
-        res.text += tail;
-        SpeechEvent ev;
-        ev.kind = SpeechEvent::Text;
-        ev.text = tail;
-        sink(ev);
-    }
-    return res;
 }
 
 }  // namespace pylfm

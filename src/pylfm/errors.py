@@ -52,3 +52,8 @@ class TranscriptionCancelled(PylfmError):
 class TranscriptionTimeout(TranscriptionCancelled, TimeoutError):
     """A transcription did not finish within its ``timeout=``; ``partial`` as above."""
 
+
+
+class EngineError(PylfmError, RuntimeError):
+    """The engine cannot run the request: the model was closed, or its engine stopped
+    after an internal error (load the model again)."""

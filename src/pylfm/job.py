@@ -29,11 +29,11 @@ from .loop_guard import avg_logprob, best_attempt, compression_ratio
 from .options import TranscribeOptions
 from .prompt import prompt_parts
 from .results import Timings, Transcription, TranscriptionInfo, worst_stop
+from .scheduler import EngineRequest
 
 _POLL_S = 0.05  # how often a waiting consumer looks at its cancel event / deadline
 _GRACE_S = 60.0  # how long a cancelled job may take to wind down before we stop waiting
 
-Request = Tuple[int, int, list, List[np.ndarray], "_core.SamplingParams"]
 
 
 class TranscriptionJob:
@@ -96,7 +96,7 @@ class TranscriptionJob:
     def has_work(self) -> bool:
         return bool(self._todo) and not self._cancelled
 
-    def next_request(self) -> Optional[Request]:
+    def next_request(self) -> Optional[EngineRequest]:
         """The next window to decode, or None (nothing left, or batch_size in flight)."""
         with self._cond:
             cap = self.options.batch_size or len(self.windows)
@@ -105,9 +105,19 @@ class TranscriptionJob:
             k, attempt = self._todo.popleft()
             self._in_flight += 1
         a, b = self.windows[k]
-        return k, attempt, self._parts, [self._pcm[a:b]], self._params(k, attempt)
+        return EngineRequest((k, attempt), self._parts, [self._pcm[a:b]], self._params(k, attempt))
 
-    def on_piece(self, k: int, text: str) -> None:
+    def fail(self, message: str) -> None:
+        """The engine stopped: every window not yet done ends with this error."""
+        with self._cond:
+            todo, self._todo = self._todo, deque()
+            for k, _ in todo:
+                self._finalize(k, self._error_record(message))
+            self._cond.notify_all()
+        self._maybe_finished()
+
+    def on_piece(self, key: Tuple[int, int], text: str, token: int = -1) -> None:
+        k = key[0]
         if not self.stream:
             return  # the window's text comes whole with its result
         with self._cond:
@@ -117,8 +127,9 @@ class TranscriptionJob:
             else:
                 self._buffers[k].append(text)
 
-    def on_done(self, k: int, attempt: int, res: Dict[str, Any]) -> bool:
+    def on_done(self, key: Tuple[int, int], res: Dict[str, Any]) -> bool:
         """A window's attempt ended; True when it was queued again for a fallback."""
+        k, attempt = key
         guard = self.options.loop_guard
         with self._cond:
             self._in_flight -= 1
@@ -137,15 +148,19 @@ class TranscriptionJob:
         self._maybe_finished()
         return retry
 
-    def on_error(self, k: int, message: str) -> None:
+    def on_error(self, key: Tuple[int, int], message: str) -> None:
+        k = key[0]
         with self._cond:
             self._in_flight -= 1
             if self._final[k] is None:
-                self._finalize(k, {"text": "", "tokens": [], "stop_reason": "error", "error": message,
-                                   "temperature": 0.0, "avg_logprob": None, "compression_ratio": None,
-                                   "n_prompt_tokens": 0, "n_audio_tokens": 0})
+                self._finalize(k, self._error_record(message))
             self._cond.notify_all()
         self._maybe_finished()
+
+    @staticmethod
+    def _error_record(message: str) -> Dict[str, Any]:
+        return {"text": "", "tokens": [], "stop_reason": "error", "error": message, "temperature": 0.0,
+                "avg_logprob": None, "compression_ratio": None, "n_prompt_tokens": 0, "n_audio_tokens": 0}
 
     # ------------------------------------------------------------------ consumers
     def result(self, cancel: Optional[threading.Event] = None, timeout: Optional[float] = None) -> Transcription:

@@ -64,9 +64,10 @@ class Model:
     def __init__(self, model: Optional[Union[str, os.PathLike]] = None, mmproj: Optional[Union[str, os.PathLike]] = None,
                  *, device: str = "auto", n_threads: Optional[int] = None, batch_size: int = 4,
                  n_ctx: Optional[int] = None, quant: str = DEFAULT_QUANT, flash_attn: bool = False,
-                 verbose: bool = False) -> None:
+                 sessions: int = 4, verbose: bool = False) -> None:
         device = _check_device(device)
         _positive_int("batch_size", batch_size)
+        _positive_int("sessions", sessions, 0)
         if n_threads is not None:
             _positive_int("n_threads", n_threads, 0)  # 0: the default
         n_threads = n_threads or _available_cpus()
@@ -77,7 +78,8 @@ class Model:
         _core.set_verbose(verbose)
         try:
             self._engine = _core.Engine(str(model_path), str(mmproj_path), n_threads, device,
-                                        n_ctx or _START_CTX_PER_SEQUENCE, 512, batch_size, flash_attn, n_ctx is None)
+                                        n_ctx or _START_CTX_PER_SEQUENCE, 512, batch_size + sessions, flash_attn,
+                                        n_ctx is None)
         except ValueError as e:
             if "device" in str(e):
                 raise DeviceError(f"{e}. Use device='cpu' or 'auto', or install a GPU build "
@@ -97,7 +99,8 @@ class Model:
         self.sample_rate: int = self._engine.sample_rate
         self.device: str = self._engine.device
         self.load_ms: float = self._engine.load_ms
-        self.scheduler = Scheduler(self._engine)
+        self.sessions = sessions
+        self.scheduler = Scheduler(self._engine, batch_size)
         self._finalizer = weakref.finalize(self, self.scheduler.close)
         log.info("loaded %s + %s on %s in %.0f ms", model_path.name, mmproj_path.name, self.device, self.load_ms)
 
@@ -191,7 +194,7 @@ class Model:
         opts = TranscribeOptions(**options)
         outputs: List[Union[Transcription, Exception, None]] = [None] * len(audios)
         finished: "queue.Queue[Tuple[int, Union[TranscriptionJob, Exception]]]" = queue.Queue()
-        room = threading.Semaphore(2 * self._engine.n_seq_max)  # files loaded ahead of the decoding
+        room = threading.Semaphore(2 * self.batch_size)  # files loaded ahead of the decoding
         stop = threading.Event()
         jobs: List[TranscriptionJob] = []
 
