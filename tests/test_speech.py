@@ -27,8 +27,7 @@ from pylfm.converter.speech import VOCODER_ARCH
 from pylfm.errors import ModelNotFoundError
 from pylfm.prompt import prompt_parts
 from pylfm.resolve import speech_files
-from pylfm.speech import (FRAME_SAMPLES, SAMPLE_RATE, Speech, SpeechError, StreamingISTFT, _params, istft,
-                          speech_engine)
+from pylfm.speech import FRAME_SAMPLES, SAMPLE_RATE, Speech, SpeechError, SpeechJob, StreamingISTFT, _params, istft
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FX = np.load(FIXTURES / "speech.npz")
@@ -81,16 +80,14 @@ def lively(lively_checkpoint, tmp_path_factory):
 def steps(model, mode: str, user_text=None, clip=None, max_new_tokens: int = 64) -> np.ndarray:
     """Every generated step as the fixture stores it: [0, token, 0...] or [1, 8 codes]."""
     parts = prompt_parts(META["chat"]["system"], user_text, n_audio=0 if clip is None else 1)
-    rows = []
-
-    def on_event(kind, text, token, codes, spectrum):
-        if kind == 0 and token >= 0:
-            rows.append([0, token] + [0] * 7)
-        elif kind in (1, 2):
-            rows.append([1] + [int(c) for c in codes])
-
     params = _params(interleaved=mode == "interleaved", max_new_tokens=max_new_tokens, detokenize=False)
-    speech_engine(model).generate(parts, [] if clip is None else [clip], params, on_event, None)
+    job = model.speech.submit(SpeechJob(parts, [] if clip is None else [clip], params))
+    rows = []
+    for c in job.run():
+        if c.codes is not None:
+            rows.append([1] + [int(x) for x in c.codes])
+        elif c.token >= 0:
+            rows.append([0, c.token] + [0] * 7)
     return np.array(rows, np.int32).reshape(-1, 9)
 
 
@@ -200,7 +197,7 @@ def test_tts_codes_match_liquid_audio(model):
 
 
 def test_depthformer_and_embeddings_match_liquid_audio(model):
-    engine = speech_engine(model)
+    engine = model.speech
     for i in range(len(FX["tts_hidden"])):
         logits = engine.depth_logits(FX["tts_hidden"][i], FX["tts_codes"][i])
         assert np.abs(logits - FX["tts_depth_logits"][i]).max() < 1e-4  # measured 1e-6
@@ -209,7 +206,7 @@ def test_depthformer_and_embeddings_match_liquid_audio(model):
 
 
 def test_detokenizer_waveform_matches_liquid_audio(model):
-    spec = speech_engine(model).detokenize(FX["tts_codes"])
+    spec = model.speech.detokenize(FX["tts_codes"])
     assert spec.shape == (6 * N_FRAMES, 1282)
     assert np.abs(spec[:len(FX["detok_spec"])] - FX["detok_spec"]).max() < 1e-3
     wave = istft(spec)
@@ -233,7 +230,7 @@ def test_quantized_bounds(tiny_checkpoint, tmp_path_factory, outtype, min_frames
     r = _converted(tiny_checkpoint, tmp_path_factory, outtype)
     m = pylfm.Model(r.model_path, r.mmproj_path, device="cpu", n_threads=2, batch_size=1)
     try:
-        engine = speech_engine(m)
+        engine = m.speech
         err = np.abs(engine.depth_logits(FX["tts_hidden"][0], FX["tts_codes"][0]) - FX["tts_depth_logits"][0]).max()
         assert err < max_logit_err
         assert snr_db(FX["detok_wave"], istft(engine.detokenize(FX["tts_codes"]))) > min_snr
@@ -267,39 +264,36 @@ def test_stream_concatenates_to_the_non_streamed_waveform(model):
 
 def test_closing_the_stream_stops_generation(model):
     """Closing a speech stream sets the engine's cancel flag; the engine stops at its next
-    frame (at most one more after the flag), and the model serves the next request."""
+    step (at most one more frame after the flag), and the model serves the next request."""
     from pylfm import speech as sp
 
     counts = {"events": 0, "at_cancel": None}
-
-    class CountingEngine:  # the real speech engine, its events counted as the engine emits them
-        def __init__(self, real):
-            self.real = real
-
-        def generate(self, parts, audio, params, on_event, cancel):
-            def counted(*event):
-                counts["events"] += 1
-                on_event(*event)
-            return self.real.generate(parts, audio, params, counted, cancel)
-
-    class RecordingFlag(_core.CancelFlag):  # the engine reads the same atomic flag
-        def set(self):
-            if counts["at_cancel"] is None:
-                counts["at_cancel"] = counts["events"]
-            super().set()
-
     parts = prompt_parts(sp.tts_system_prompt("US female"), "Stop me early.", n_audio=0) + [("<|audio_start|>", True)]
     params = _params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=True, max_new_tokens=400,
                      max_audio_frames=375, audio_temperature=0.0, audio_top_k=1, seed=0)
-    run = sp._Run(model, parts, [], params)
-    run.engine, run.cancel = CountingEngine(run.engine), RecordingFlag()
-    it = run.chunks()
+    job = SpeechJob(parts, [], params)
+
+    def count(chunk):  # on the engine thread, as the engine emits them
+        if chunk is not None and chunk.codes is not None:
+            counts["events"] += 1
+
+    job.on_event = count
+    cancel = job.cancel
+
+    def recording_cancel():
+        if counts["at_cancel"] is None:
+            counts["at_cancel"] = counts["events"]
+        cancel()
+
+    job.cancel = recording_cancel
+    it = model.speech.submit(job).chunks()
     got = [next(it) for _ in range(3)]
-    assert all(len(c.audio) or c.text == "" for c in got)
+    assert all(c.codes is not None or c.text == "" for c in got)
     it.close()  # cancels and waits for the engine
-    assert run.result["stop_reason"] == "cancelled"
+    assert job.result_dict["stop_reason"] == "cancelled"
     assert counts["at_cancel"] is not None and counts["events"] <= counts["at_cancel"] + 1
-    assert len(run.result["codes"]) < 375
+    assert len(job.result_dict["codes"]) < 375
+    assert model.scheduler.busy == 0
     assert 1 <= len(model.speak("Still working.", temperature=0, max_duration=0.2).codes) <= 3
 
 
@@ -468,26 +462,18 @@ def test_server_speech_endpoint(model):
 def test_all_generation_runs_on_the_engine_thread(model):
     """Speech (streamed or whole) and transcription compute on one thread: a second
     computing thread makes libgomp stop spinning in every worker pool (measured 2x slower
-    speech on 2 cores)."""
-    threads = set()
-
-    class Recording:
-        def __init__(self, real):
-            self.real = real
-
-        def generate(self, *args):
-            threads.add(threading.current_thread().name)
-            return self.real.generate(*args)
-
+    speech on 2 cores). Every speech event comes from the engine's loop."""
     from pylfm import speech as sp
 
+    threads = set()
     parts = prompt_parts(sp.tts_system_prompt("US female"), "Thread check.", n_audio=0) + [("<|audio_start|>", True)]
     params = _params(start_audio=True, stop_at_audio_end=True, max_new_tokens=4, max_audio_frames=3,
                      audio_temperature=0.0, audio_top_k=1, seed=0)
     for streamed in (False, True):
-        run = sp._Run(model, parts, [], params)
-        run.engine = Recording(run.engine)
-        chunks = list(run.chunks()) if streamed else run.run()
-        assert chunks and run.result["stop_reason"] in ("length", "audio_end")
+        job = SpeechJob(parts, [], params)
+        job.on_event = lambda chunk: threads.add(threading.current_thread().name)
+        model.speech.submit(job)
+        chunks = list(job.chunks()) if streamed else job.run()
+        assert chunks and job.result_dict["stop_reason"] in ("length", "audio_end")
     assert threads == {"pylfm-engine"}
     assert model.scheduler.call(lambda: threading.current_thread().name) == "pylfm-engine"

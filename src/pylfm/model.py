@@ -101,6 +101,9 @@ class Model:
         self.load_ms: float = self._engine.load_ms
         self.sessions = sessions
         self.scheduler = Scheduler(self._engine, batch_size)
+        from .speech import SpeechRuntime
+
+        self.speech = SpeechRuntime(self.scheduler, self._engine, model_path)
         self._finalizer = weakref.finalize(self, self.scheduler.close)
         log.info("loaded %s + %s on %s in %.0f ms", model_path.name, mmproj_path.name, self.device, self.load_ms)
 
@@ -280,9 +283,7 @@ class Model:
         ``vocoder-*.gguf`` and the audio detokenizer ``tokenizer-*.gguf`` (default:
         ``$PYLFM_VOCODER`` / ``$PYLFM_DETOKENIZER``, else found next to the model or in its
         hub repository). `speak` and `chat` call it on first use."""
-        from .speech import speech_engine
-
-        speech_engine(self, vocoder, detokenizer)
+        self.speech.load(vocoder, detokenizer)
 
     def speak(self, text: str, **options: Any) -> Any:
         """Text to speech. Returns a `Speech` (``.audio`` float32 at 24 kHz, ``.save(path)``),

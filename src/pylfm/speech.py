@@ -202,10 +202,16 @@ class Speech:
 
 @dataclass
 class SpeechChunk:
-    """A piece of a streamed answer: text, audio (float32, 24 kHz), or both empty."""
+    """A piece of a streamed answer: text, audio (float32, 24 kHz), or both empty.
+
+    ``token`` is the text token the piece came from (-1 for audio); ``codes`` the audio
+    frame's 8 codes (None for text); ``end_of_audio`` marks the model's end-of-audio frame."""
 
     text: str = ""
     audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    token: int = -1
+    codes: Optional[np.ndarray] = None
+    end_of_audio: bool = False
 
 
 # ---------------------------------------------------------------------- audio files
@@ -238,32 +244,78 @@ def encode_audio(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-# ---------------------------------------------------------------------- the engine
-def speech_engine(model: "Model", vocoder: Optional[Union[str, os.PathLike]] = None,
-                  detokenizer: Optional[Union[str, os.PathLike]] = None) -> Any:
-    """The model's `_core.SpeechEngine`, loaded on first use (files as in `Model.load_speech`)."""
-    with _load_lock:
-        engine = getattr(model, "_speech_engine", None)
-        if engine is not None and vocoder is None and detokenizer is None:
-            return engine
-        from . import _core
+# ---------------------------------------------------------------------- the runtime
+class SpeechRuntime:
+    """Speech output of one `Model`: the speech GGUFs loaded into the model's engine
+    (once, on first use), and the speech requests that run in the engine's loop beside
+    transcription. Made by the model; `Model.speech` returns it.
+
+    Args:
+        scheduler: the model's `Scheduler` (speech requests and the probes go through it).
+        engine: the model's native engine.
+        model_path: the text model's GGUF (the speech GGUFs are looked for next to it).
+    """
+
+    def __init__(self, scheduler: Any, engine: Any, model_path: Path) -> None:
+        self._scheduler = scheduler
+        self._engine = engine
+        self._model_path = model_path
+        self._lock = threading.Lock()
+        self.vocoder_path: Optional[Path] = None
+        self.detokenizer_path: Optional[Path] = None
+
+    @property
+    def loaded(self) -> bool:
+        return self.vocoder_path is not None
+
+    def load(self, vocoder: Optional[Union[str, os.PathLike]] = None,
+             detokenizer: Optional[Union[str, os.PathLike]] = None) -> None:
+        """Loads the audio head ``vocoder-*.gguf`` and the detokenizer ``tokenizer-*.gguf``
+        (default: ``$PYLFM_VOCODER`` / ``$PYLFM_DETOKENIZER``, else found next to the model
+        or in its hub repository). Without arguments it does nothing once loaded."""
         from .resolve import speech_files
         from .scheduler import drain_llama_log
 
-        voc, det = speech_files(model.model_path, vocoder, detokenizer)
-        _check_speech_files(voc, det)
-        try:
-            engine = _core.SpeechEngine(model._engine, str(voc), str(det))
-        except (ValueError, RuntimeError) as e:
-            raise SpeechError(f"could not load speech output: {e}") from None
-        finally:
-            drain_llama_log()
-        model._speech_engine = engine
-        model.vocoder_path, model.detokenizer_path = voc, det
-        return engine
+        with self._lock:
+            if self.loaded and vocoder is None and detokenizer is None:
+                return
+            voc, det = speech_files(self._model_path, vocoder, detokenizer)
+            _check_speech_files(voc, det)
+            try:
+                self._scheduler.call(lambda: self._engine.load_speech(str(voc), str(det)))
+            except (ValueError, RuntimeError) as e:
+                raise SpeechError(f"could not load speech output: {e}") from None
+            finally:
+                drain_llama_log()
+            self.vocoder_path, self.detokenizer_path = voc, det
 
+    def submit(self, job: "SpeechJob") -> "SpeechJob":
+        """Loads speech output if needed and queues ``job``."""
+        self.load()
+        self._scheduler.submit(job)
+        return job
 
-_load_lock = threading.Lock()
+    # ------------------------------------------------------------------ probes (tests, fidelity)
+    def _probe(self, name: str, *args: Any) -> Any:
+        self.load()
+        return self._scheduler.call(lambda: getattr(self._engine.speech, name)(*args))
+
+    def depth_logits(self, hidden: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """Depthformer logits (8, 2049) for a backbone hidden state, codebook j
+        conditioned on ``codes[:j]``."""
+        return self._probe("depth_logits", hidden, codes)
+
+    def sample_frame(self, hidden: np.ndarray, temperature: float = 0.0, top_k: int = 0, seed: int = 0) -> np.ndarray:
+        """One frame's 8 codes for a hidden state."""
+        return self._probe("sample_frame", hidden, temperature, top_k, seed)
+
+    def frame_embedding(self, codes: np.ndarray) -> np.ndarray:
+        """The backbone's input for a frame: its codes' audio embeddings, summed."""
+        return self._probe("frame_embedding", codes)
+
+    def detokenize(self, codes: np.ndarray) -> np.ndarray:
+        """The detokenizer's spectrogram rows (6 per frame) for (n, 8) codes, from a fresh state."""
+        return self._probe("detokenize", codes)
 
 
 def _check_speech_files(vocoder: Path, detokenizer: Path) -> None:
@@ -314,26 +366,58 @@ def _frames_for(max_duration: Optional[float]) -> int:
     return max(1, math.ceil(seconds * FRAMES_PER_SECOND))
 
 
-class _Run:
-    """One generation: the native call on a thread, its events turned into text and
-    audio chunks (ISTFT) in order, the result assembled at the end."""
+class SpeechJob:
+    """One speech request (speak, chat, a conversation's reply) in the model's scheduler.
 
-    def __init__(self, model: "Model", parts: list, audio: list, params: Any) -> None:
+    The engine's events arrive on its thread: text pieces, and audio frames whose
+    spectrogram rows the streaming inverse STFT turns into samples there (the consumer only
+    takes finished chunks). Consumers take the answer whole (`result`) or as it decodes
+    (`chunks`); closing the stream, Ctrl-C or `cancel` stops the request at the engine's
+    next step.
+    """
+
+    def __init__(self, parts: list, audio: list, params: Any, *, session: int = -1,
+                 on_text: Optional[Callable[[str], None]] = None) -> None:
         from . import _core
 
-        self.engine = speech_engine(model)
-        self.scheduler = model.scheduler
+        self.session = session
         self.parts, self.audio, self.params = parts, audio, params
-        self.cancel = _core.CancelFlag()
+        self.cancel_flag = _core.CancelFlag()
+        self.on_text = on_text  # called on the engine thread with each text piece
+        self.on_event: Optional[Callable[["SpeechChunk"], None]] = None  # called there with every chunk
         self.istft = StreamingISTFT()
         self.istft_ms = 0.0
         self.t0 = time.perf_counter()
         self.first_audio_ms: Optional[float] = None
-        self.result: Optional[dict] = None
+        self.result_dict: Optional[Dict[str, Any]] = None
         self.error: Optional[BaseException] = None
         self.bar: Any = None  # a tqdm bar over seconds of speech, when asked for
+        self._submitted = False
+        self._cond = threading.Condition()
+        self._queue: "queue.Queue[Optional[SpeechChunk]]" = queue.Queue()
+        self._chunks: List[SpeechChunk] = []
+        self._done = False
+        self._cancelled = False
 
-    def _chunk(self, kind: int, text: str, spectrum: Optional[np.ndarray]) -> SpeechChunk:
+    # ------------------------------------------------------------------ scheduler side
+    def has_work(self) -> bool:
+        return not self._submitted and not self._cancelled
+
+    def next_request(self) -> Any:
+        from . import _core
+        from .scheduler import EngineRequest
+
+        if self._submitted or self._cancelled:
+            return None
+        self._submitted = True
+        return EngineRequest(0, self.parts, self.audio, _core.SamplingParams(), self.params, self.session)
+
+    def on_piece(self, key: Any, text: str, token: int) -> None:
+        if text and self.on_text is not None:
+            self.on_text(text)
+        self._put(SpeechChunk(text=text, token=token))
+
+    def on_audio(self, key: Any, codes: np.ndarray, spectrum: Optional[np.ndarray], end: bool) -> None:
         audio = np.zeros(0, np.float32)
         if spectrum is not None:
             t = time.perf_counter()
@@ -343,70 +427,93 @@ class _Run:
                 self.first_audio_ms = (time.perf_counter() - self.t0) * 1000
             if self.bar is not None:
                 self.bar.update(round(len(audio) / SAMPLE_RATE, 2))
-        return SpeechChunk(text=text if kind == 0 else "", audio=audio)
+        self._put(SpeechChunk(audio=audio, codes=codes, end_of_audio=end))
 
-    def _generate(self, on_event) -> None:
-        from .scheduler import drain_llama_log
+    def on_done(self, key: Any, result: Dict[str, Any]) -> bool:
+        tail = self.istft.finish()
+        if len(tail):
+            self._put(SpeechChunk(audio=tail))
+        self._end(result, None)
+        return False
 
-        try:
-            # On the engine's thread, between transcription steps (see Scheduler.call).
-            self.result = self.scheduler.call(
-                lambda: self.engine.generate(self.parts, self.audio, self.params, on_event, self.cancel), self.cancel)
-        except ValueError as e:  # the request cannot run (too long, ...)
-            self.error = SpeechError(str(e))
-        except RuntimeError as e:  # the engine failed
-            self.error = PylfmError(f"speech generation failed: {e}")
-        except BaseException as e:  # KeyboardInterrupt in the callback, ...
-            self.error = e
-        finally:
-            drain_llama_log()
+    def on_error(self, key: Any, message: str) -> None:
+        lowered = message.lower()
+        bad_input = any(w in lowered for w in ("longer than", "does not fit", "needs", "must", "empty", "missing"))
+        self._end(None, SpeechError(message) if bad_input else PylfmError(f"speech generation failed: {message}"))
 
-    def chunks(self) -> Iterator[SpeechChunk]:
-        """Streams the answer; closing the iterator cancels the generation."""
-        q: "queue.Queue[Optional[SpeechChunk]]" = queue.Queue()
+    def fail(self, message: str) -> None:
+        self._end(None, PylfmError(message))
 
-        def on_event(kind, text, token, codes, spectrum):
-            # The ISTFT runs here, on the generating thread, as in `run`: the consumer only
-            # takes finished chunks, so it never holds the GIL while the engine waits for it.
-            q.put(self._chunk(kind, text, spectrum))
+    def cancel(self) -> None:
+        """Stops the request at the engine's next step (or before it starts)."""
+        self.cancel_flag.set()
+        with self._cond:
+            if self._submitted or self._done:
+                return
+            self._cancelled = True  # never handed over: it ends here
+        self._end({"stop_reason": "cancelled"}, None)
 
-        def work():
-            try:
-                self._generate(on_event)
-            finally:
-                q.put(None)
+    def _put(self, chunk: "SpeechChunk") -> None:
+        self._chunks.append(chunk)
+        self._queue.put(chunk)
+        if self.on_event is not None:
+            self.on_event(chunk)
 
-        thread = threading.Thread(target=work, name="pylfm-speech", daemon=True)
-        thread.start()
+    def _end(self, result: Optional[Dict[str, Any]], error: Optional[BaseException]) -> None:
+        with self._cond:
+            if self._done:
+                return
+            self.result_dict, self.error, self._done = result, error, True
+            self._cond.notify_all()
+        self._queue.put(None)
+        if self.on_event is not None:
+            self.on_event(None)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ consumers
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Waits until the request has ended (True) or ``timeout`` seconds passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._done:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(0.1 if left is None else min(0.1, left))  # short waits: Ctrl-C gets through
+        return True
+
+    def chunks(self) -> Iterator["SpeechChunk"]:
+        """The answer as it decodes; closing the iterator cancels the request."""
         try:
             while True:
-                item = q.get()
+                try:
+                    item = self._queue.get(timeout=0.1)  # short waits: Ctrl-C gets through
+                except queue.Empty:
+                    continue
                 if item is None:
                     break
                 yield item
             if self.error is not None:
                 raise self.error
-            tail = self.istft.finish()
-            if len(tail):
-                yield SpeechChunk(audio=tail)
         finally:
-            self.cancel.set()
-            thread.join()
+            if not self._done:
+                self.cancel()
+                self.wait()
 
-    def run(self, on_text: Optional[Callable[[str], None]] = None) -> List[SpeechChunk]:
-        """The whole answer (generated on the engine's thread; ``on_text`` sees each text piece there)."""
-        out: List[SpeechChunk] = []
-
-        def on_event(kind, text, token, codes, spectrum):
-            out.append(self._chunk(kind, text, spectrum))
-            if on_text is not None and kind == 0 and text:
-                on_text(text)
-
-        self._generate(on_event)
+    def run(self) -> List["SpeechChunk"]:
+        """Waits for the whole answer (Ctrl-C cancels it)."""
+        try:
+            self.wait()
+        except BaseException:
+            self.cancel()
+            self.wait()
+            raise
         if self.error is not None:
             raise self.error
-        out.append(SpeechChunk(audio=self.istft.finish()))
-        return out
+        return list(self._chunks)
 
     def show_progress(self, total_seconds: float) -> None:
         """A progress bar on stderr over seconds of speech generated (the end is where the
@@ -416,17 +523,18 @@ class _Run:
         self.bar = tqdm(total=round(total_seconds, 2), unit="s", dynamic_ncols=True, leave=False,
                         bar_format="speech {n:.1f} s [{elapsed}, {rate_fmt}]")
 
-    def speech(self, chunks: List[SpeechChunk]) -> Speech:
+    def speech(self, chunks: Optional[List["SpeechChunk"]] = None) -> "Speech":
+        """The `Speech` of the finished request."""
+        if chunks is None:
+            chunks = self.run()
         if self.bar is not None:
             self.bar.close()
-        r = self.result or {}
+        r = self.result_dict or {}
         audio = [c.audio for c in chunks if len(c.audio)]
-        timings = {k[:-3]: float(r.get(k, 0.0)) for k in
-                   ("encode_ms", "prefill_ms", "backbone_ms", "depth_ms", "detok_ms")}
-        timings["depthformer"] = timings.pop("depth")
-        timings["detokenizer"] = timings.pop("detok")
-        timings["istft"] = self.istft_ms
-        timings["total"] = (time.perf_counter() - self.t0) * 1000
+        timings = {"encode": float(r.get("encode_ms", 0.0)), "prefill": float(r.get("prefill_ms", 0.0)),
+                   "backbone": float(r.get("decode_ms", 0.0)), "depthformer": float(r.get("depth_ms", 0.0)),
+                   "detokenizer": float(r.get("detok_ms", 0.0)), "istft": self.istft_ms,
+                   "total": (time.perf_counter() - self.t0) * 1000}
         if self.first_audio_ms is not None:
             timings["first_audio"] = self.first_audio_ms
         return Speech(audio=np.concatenate(audio) if audio else np.zeros(0, np.float32),
@@ -469,12 +577,13 @@ def speak(model: "Model", text: str, *, voice: Optional[str] = DEFAULT_VOICE, sy
     params = _params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=bool(ignore_audio_end),
                      max_new_tokens=frames + 1, max_audio_frames=frames,
                      audio_temperature=temperature, audio_top_k=top_k, seed=_seed(seed))
-    run = _Run(model, parts, [], params)
+    job = SpeechJob(parts, [], params)
+    if progress and not stream:
+        job.show_progress(frames / FRAMES_PER_SECOND)
+    model.speech.submit(job)
     if stream:
-        return _audio_only(run.chunks())
-    if progress:
-        run.show_progress(frames / FRAMES_PER_SECOND)
-    return run.speech(run.run())
+        return _audio_only(job.chunks())
+    return job.speech()
 
 
 def _audio_only(chunks: Iterator[SpeechChunk]) -> Iterator[np.ndarray]:
@@ -514,12 +623,13 @@ def chat(model: "Model", audio_or_text: Any, *, mode: str = "interleaved", syste
     params = _params(interleaved=mode == "interleaved", max_new_tokens=max_new_tokens,
                      max_audio_frames=_frames_for(max_duration), audio_temperature=temperature, audio_top_k=top_k,
                      text_temperature=text_temperature, seed=_seed(seed))
-    run = _Run(model, parts, clips, params)
+    job = SpeechJob(parts, clips, params, on_text=on_text)
+    if progress and not stream:
+        job.show_progress(params.max_audio_frames / FRAMES_PER_SECOND)
+    model.speech.submit(job)
     if stream:
-        return _non_empty(run.chunks())
-    if progress:
-        run.show_progress(params.max_audio_frames / FRAMES_PER_SECOND)
-    return run.speech(run.run(on_text))
+        return _non_empty(job.chunks())
+    return job.speech()
 
 
 def _non_empty(chunks: Iterator[SpeechChunk]) -> Iterator[SpeechChunk]:
@@ -542,4 +652,6 @@ def _as_audio(model: "Model", x: Any, sample_rate: Optional[int]) -> Optional[np
             return None
     elif x is None:
         raise SpeechError("nothing to answer: give audio (path, bytes, array) or text")
-    return model._load(x, sample_rate)
+    from .audio import load_audio
+
+    return load_audio(x, sample_rate=sample_rate, target_rate=model.sample_rate)
