@@ -4,6 +4,7 @@
 #include <cctype>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -616,23 +617,25 @@ void Engine::fail(Slot& s, const std::string& message, std::vector<Event>& event
     release(s);
 }
 
+// Ends a cancelled request. A session whose new turn was not yet read whole goes back to
+// before it (its turn checkpoint): the conversation then holds exactly what it did.
+void Engine::cancel_slot(Slot& s, std::vector<Event>& events) {
+    if (s.reserved && !s.result->turn_taken) {
+        bool ok = true;
+        if (s.turn_pos > 0)
+            ok = llama_state_seq_set_data_ext(ctx_, s.turn_ckpt.data(), s.turn_ckpt.size(), s.seq,
+                                              LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == s.turn_ckpt.size();
+        ok = ok && llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, s.turn_pos, -1);
+        if (!ok) { fail(s, "the conversation was interrupted while its turn was being read", events); return; }
+        s.n_past = s.turn_pos;
+    }
+    finish(s, "cancelled", events);
+}
+
 // Frees the slots of cancelled requests, so their slots go to waiting work at once.
 void Engine::sweep_cancelled(std::vector<Event>& events) {
-    for (auto& sp : slots_) {
-        Slot& s = *sp;
-        if (!s.busy() || !s.cancel || !s.cancel->set.load()) continue;
-        if (s.phase == Slot::Prefill && s.reserved) {
-            // a session's new turn was half read: the session goes back to before it
-            bool ok = true;
-            if (s.turn_pos > 0)
-                ok = llama_state_seq_set_data_ext(ctx_, s.turn_ckpt.data(), s.turn_ckpt.size(), s.seq,
-                                                  LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == s.turn_ckpt.size();
-            ok = ok && llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, s.turn_pos, -1);
-            if (!ok) { fail(s, "the conversation was interrupted while its turn was being read", events); continue; }
-            s.n_past = s.turn_pos;
-        }
-        finish(s, "cancelled", events);
-    }
+    for (auto& sp : slots_)
+        if (sp->busy() && sp->cancel && sp->cancel->set.load()) cancel_slot(*sp, events);
 }
 
 // Takes the head of the queue into a slot: its prompt is tokenized and its audio encoded
@@ -791,22 +794,14 @@ void Engine::after_text_row(Slot& s, const float* logits, std::vector<Event>& ev
     s.next_is_item = true;
 }
 
-// One decode step for every generating sequence, then their outputs: tokens sampled,
-// audio frames made by the audio head (all such rows together) and detokenized.
-void Engine::step(std::vector<Event>& events) {
-    std::vector<Slot*> rows;
-    bool any_embd = false, want_hidden = false;
-    for (auto& sp : slots_) {
-        Slot& s = *sp;
-        if (s.phase != Slot::Generate) continue;
-        if (s.cancel && s.cancel->set.load()) { finish(s, "cancelled", events); continue; }
-        rows.push_back(&s);
-        any_embd |= s.next_is_embd;
-        want_hidden |= s.speech && s.audio_mode;
-    }
-    if (rows.empty()) return;
+// Decodes one row per listed slot (their `next` inputs) in one llama_decode; with
+// `hidden` the outputs are the final hidden states (llama.cpp's LFM2 graph then skips the
+// LM head), else logits. Returns false (the slots failed) when llama_decode does.
+bool Engine::decode_rows(const std::vector<Slot*>& rows, bool hidden, std::vector<Event>& events) {
     const int n_embd = this->n_embd();
     const int R = static_cast<int>(rows.size());
+    bool any_embd = false;
+    for (Slot* s : rows) any_embd |= s->next_is_embd;
     RowBatch batch(R);
     std::vector<float> embd;
     if (any_embd) {  // one kind of input per batch: text rows become their token's embedding
@@ -827,92 +822,105 @@ void Engine::step(std::vector<Event>& events) {
     llama_batch b = batch.get();
     std::vector<int8_t> outputs(R, 1);
     b.logits = outputs.data();
-    if (want_hidden != embeddings_on_) { llama_set_embeddings(ctx_, want_hidden); embeddings_on_ = want_hidden; }
+    if (hidden != embeddings_on_) { llama_set_embeddings(ctx_, hidden); embeddings_on_ = hidden; }
     auto t0 = std::chrono::steady_clock::now();
     {
         auto phase = placement_.phase("decode");
         if (llama_decode(ctx_, b) != 0) {
             std::string msg = engine_error("llama_decode failed during generation").what();
             for (Slot* s : rows) fail(*s, msg, events);
-            return;
+            return false;
         }
     }
     n_decode_steps_.fetch_add(1);
     n_decode_rows_.fetch_add(R);
     for (int64_t m = max_decode_rows_.load(); R > m;)
         if (max_decode_rows_.compare_exchange_weak(m, R)) break;
-    const double share = ms_since(t0) / R;  // the step's time, split evenly
+    const double share = ms_since(t0) / R;  // the decode's time, split evenly
     for (Slot* s : rows) {
         ++s->n_past;
         if (s->next_is_item) ++s->result->n_fed;
+        else s->result->turn_taken = true;
         if (s->checkpoint_after) {
             checkpoint(*s);
             s->checkpoint_after = false;
         }
         s->result->decode_ms += share;
     }
+    return true;
+}
 
-    // ---- outputs
-    std::vector<int> audio_rows;
-    for (int r = 0; r < R; ++r) {
-        Slot& s = *rows[r];
-        if (!s.speech) {
-            n_text_rows_.fetch_add(1);
-            after_text_row(s, llama_get_logits_ith(ctx_, r), events);
-            continue;
-        }
-        ++s.steps;
-        if (s.sp.interleaved) --s.left;
-        if (s.audio_mode) { audio_rows.push_back(r); continue; }
-        n_text_rows_.fetch_add(1);
-        // a speech sequence's text step
-        const float* logits = llama_get_logits_ith(ctx_, r);
-        if (!logits) { fail(s, "no logits for the text step", events); continue; }
-        const llama_token tok = pick(s.text_smpl.get(), logits, n_vocab());
-        if (s.sp.interleaved && tok == kImEnd) { finish(s, "stop", events); continue; }
-        s.result->tokens.push_back(tok);
-        s.result->order.push_back(0);
-        s.pending += token_piece(tok, false);
-        Event ev{Event::Piece, s.id};
-        ev.token = tok;
-        ev.text = take_utf8(s.pending, false);
-        s.result->text += ev.text;
-        events.push_back(std::move(ev));
-        const char* stop = nullptr;
-        if (!s.sp.interleaved) {
-            if (tok == kAudioStart) s.audio_mode = true;
-            if (tok == kImEnd) stop = "stop";
-        } else {
-            if (tok == kTextEnd) s.text_done = true;
-            if (s.left == 0 || s.text_done) { s.audio_mode = true; s.left = s.sp.n_audio; }
-        }
-        s.next = tok;
-        s.next_is_embd = false;
-        s.next_is_item = true;
-        if (!stop && s.steps >= s.sp.max_new_tokens) stop = "length";
-        if (!stop && s.n_past >= n_ctx_seq_) stop = "context";
-        if (stop) finish(s, stop, events);
+// One step for every generating sequence. LFM2's graph gives logits or hidden states, not
+// both: the rows that choose a token (transcription, the text of speech) decode together,
+// and the rows that make an audio frame decode together (one llama_decode each when both
+// kinds are present); then tokens are sampled, and the audio rows' frames are made by the
+// audio head in one batch and detokenized.
+void Engine::step(std::vector<Event>& events) {
+    std::vector<Slot*> text_rows, audio_rows;
+    for (auto& sp : slots_) {
+        Slot& s = *sp;
+        if (s.phase != Slot::Generate) continue;
+        if (s.cancel && s.cancel->set.load()) { cancel_slot(s, events); continue; }
+        (s.speech && s.audio_mode ? audio_rows : text_rows).push_back(&s);
     }
-    if (audio_rows.empty()) return;
+    const int n_embd = this->n_embd();
 
-    // ---- the audio head, for every row that makes a frame
+    // ---- rows that choose a token
+    if (!text_rows.empty() && decode_rows(text_rows, false, events)) {
+        for (int r = 0; r < static_cast<int>(text_rows.size()); ++r) {
+            Slot& s = *text_rows[r];
+            n_text_rows_.fetch_add(1);
+            const float* logits = llama_get_logits_ith(ctx_, r);
+            if (!logits) { fail(s, "no logits for the text step", events); continue; }
+            if (!s.speech) { after_text_row(s, logits, events); continue; }
+            // a speech sequence's text step
+            ++s.steps;
+            if (s.sp.interleaved) --s.left;
+            const llama_token tok = pick(s.text_smpl.get(), logits, n_vocab());
+            if (s.sp.interleaved && tok == kImEnd) { finish(s, "stop", events); continue; }
+            s.result->tokens.push_back(tok);
+            s.result->order.push_back(0);
+            s.pending += token_piece(tok, false);
+            Event ev{Event::Piece, s.id};
+            ev.token = tok;
+            ev.text = take_utf8(s.pending, false);
+            s.result->text += ev.text;
+            events.push_back(std::move(ev));
+            const char* stop = nullptr;
+            if (!s.sp.interleaved) {
+                if (tok == kAudioStart) s.audio_mode = true;
+                if (tok == kImEnd) stop = "stop";
+            } else {
+                if (tok == kTextEnd) s.text_done = true;
+                if (s.left == 0 || s.text_done) { s.audio_mode = true; s.left = s.sp.n_audio; }
+            }
+            s.next = tok;
+            s.next_is_embd = false;
+            s.next_is_item = true;
+            if (!stop && s.steps >= s.sp.max_new_tokens) stop = "length";
+            if (!stop && s.n_past >= n_ctx_seq_) stop = "context";
+            if (stop) finish(s, stop, events);
+        }
+    }
+    if (audio_rows.empty() || !decode_rows(audio_rows, true, events)) return;
+
+    // ---- rows that make an audio frame: the audio head, all of them together
     const int B = static_cast<int>(audio_rows.size());
     n_audio_rows_.fetch_add(B);
     std::vector<float> hidden(static_cast<size_t>(B) * n_embd);
     std::vector<llama_sampler*> samplers(B);
     for (int i = 0; i < B; ++i) {
-        const float* h = llama_get_embeddings_ith(ctx_, audio_rows[i]);
+        const float* h = llama_get_embeddings_ith(ctx_, i);
         if (!h) throw engine_error("no hidden state for the audio step");
         std::memcpy(hidden.data() + static_cast<size_t>(i) * n_embd, h, n_embd * sizeof(float));
-        samplers[i] = rows[audio_rows[i]]->audio_smpl.get();
+        samplers[i] = audio_rows[i]->audio_smpl.get();
     }
     std::vector<Frame> frames(B);
     auto t1 = std::chrono::steady_clock::now();
     speech_->frames(hidden.data(), B, samplers.data(), nullptr, frames.data());
     std::vector<bool> end(B);
     for (int i = 0; i < B; ++i) {
-        Slot& s = *rows[audio_rows[i]];
-        end[i] = frames[i][0] == kEndOfAudio && !s.sp.ignore_audio_end;
+        end[i] = frames[i][0] == kEndOfAudio && !audio_rows[i]->sp.ignore_audio_end;
         if (end[i]) frames[i].fill(kEndOfAudio);
     }
     std::vector<float> next_in, detok_in;
@@ -920,29 +928,30 @@ void Engine::step(std::vector<Event>& events) {
     const double depth_share = ms_since(t1) / B;
     std::vector<int> detok_seqs, detok_idx;
     for (int i = 0; i < B; ++i) {
-        Slot& s = *rows[audio_rows[i]];
+        const Slot& s = *audio_rows[i];
         const bool valid = !end[i] && std::none_of(frames[i].begin(), frames[i].end(), [](int c) { return c >= kDetokCodes; });
         if (s.sp.detokenize && valid) { detok_seqs.push_back(s.seq); detok_idx.push_back(i); }
     }
     std::vector<float> spectrum;
-    std::vector<float> detok_rows;
     auto t2 = std::chrono::steady_clock::now();
     if (!detok_seqs.empty()) {
-        const int w = static_cast<int>(detok_in.size() / B);
-        for (int i : detok_idx) detok_rows.insert(detok_rows.end(), detok_in.begin() + static_cast<size_t>(i) * w,
-                                                  detok_in.begin() + static_cast<size_t>(i + 1) * w);
-        speech_->detokenize(detok_seqs, detok_rows.data(), spectrum);
+        const size_t w = detok_in.size() / B;
+        std::vector<float> rows_in;
+        for (int i : detok_idx) rows_in.insert(rows_in.end(), detok_in.begin() + i * w, detok_in.begin() + (i + 1) * w);
+        speech_->detokenize(detok_seqs, rows_in.data(), spectrum);
     }
     const double detok_share = detok_seqs.empty() ? 0.0 : ms_since(t2) / static_cast<double>(detok_seqs.size());
     const size_t spec_rows = static_cast<size_t>(kUpsample) * speech_->n_spec();
-    int d = 0;
+    size_t d = 0;
     for (int i = 0; i < B; ++i) {
-        Slot& s = *rows[audio_rows[i]];
+        Slot& s = *audio_rows[i];
+        ++s.steps;
+        if (s.sp.interleaved) --s.left;
         s.result->depth_ms += depth_share;
         Event ev{Event::Audio, s.id};
         ev.codes = frames[i];
         ev.audio_end = end[i];
-        if (d < static_cast<int>(detok_idx.size()) && detok_idx[d] == i) {
+        if (d < detok_idx.size() && detok_idx[d] == i) {
             ev.spectrum.assign(spectrum.begin() + d * spec_rows, spectrum.begin() + (d + 1) * spec_rows);
             s.result->detok_ms += detok_share;
             ++d;

@@ -117,6 +117,7 @@ struct Result {
     std::string stop_reason;          // stop | length | context | repetition | cancelled | audio_end
     int n_prompt_tokens = 0, n_audio_tokens = 0;
     int n_past = 0;                   // positions in the sequence afterwards (sessions: the history's length)
+    bool turn_taken = false;          // the whole prompt went in (a cancel before that leaves a session as it was)
     double encode_ms = 0, prefill_ms = 0, decode_ms = 0, depth_ms = 0, detok_ms = 0;
     double sum_logprob = 0;  // natural-log probability of the generated tokens under the raw logits
 };
@@ -211,7 +212,9 @@ private:
     void take_in(std::vector<Event>& events);
     bool start(Slot& s, std::vector<Event>& events);
     void sweep_cancelled(std::vector<Event>& events);
+    void cancel_slot(Slot& s, std::vector<Event>& events);
     void step(std::vector<Event>& events);
+    bool decode_rows(const std::vector<Slot*>& rows, bool hidden, std::vector<Event>& events);
     void after_text_row(Slot& s, const float* logits, std::vector<Event>& events);
     void finish(Slot& s, const char* reason, std::vector<Event>& events);
     void fail(Slot& s, const std::string& message, std::vector<Event>& events);

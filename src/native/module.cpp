@@ -44,6 +44,7 @@ py::dict result_dict(const Result& r) {
     d["n_prompt_tokens"] = r.n_prompt_tokens;
     d["n_audio_tokens"] = r.n_audio_tokens;
     d["n_past"] = r.n_past;
+    d["turn_taken"] = r.turn_taken;
     d["encode_ms"] = r.encode_ms;
     d["prefill_ms"] = r.prefill_ms;
     d["decode_ms"] = r.decode_ms;

@@ -103,7 +103,7 @@ class Model:
         self.scheduler = Scheduler(self._engine, batch_size)
         from .speech import SpeechRuntime
 
-        self.speech = SpeechRuntime(self.scheduler, self._engine, model_path)
+        self.speech = SpeechRuntime(self.scheduler, self._engine, model_path, max_sessions=sessions)
         self._finalizer = weakref.finalize(self, self.scheduler.close)
         log.info("loaded %s + %s on %s in %.0f ms", model_path.name, mmproj_path.name, self.device, self.load_ms)
 
@@ -268,6 +268,12 @@ class Model:
         pcm = self._load(audio, sample_rate)
         return list(self._call(self._engine.prompt_tokens, prompt_parts(system, prompt), [pcm]))
 
+    def engine_stats(self) -> Dict[str, int]:
+        """The engine's counters since load: ``decode_steps``, ``decode_rows`` (sequences
+        they advanced), ``max_rows`` (most in one step), ``audio_rows`` and ``text_rows``
+        (rows that made an audio frame / a token): how much really decoded together."""
+        return dict(self._engine.stats())
+
     def count_tokens(self, text: str) -> int:
         """How many tokens ``text`` takes as plain (user) text."""
         return self._engine.count_tokens(text, False)
@@ -310,6 +316,71 @@ class Model:
         from .speech import chat
 
         return chat(self, audio_or_text, **options)
+
+    # ------------------------------------------------------------------ live
+    def conversation(self, *, system: Optional[str] = None, voice: Optional[str] = None, mode: str = "interleaved",
+                     temperature: float = 1.0, top_k: Optional[int] = 4, text_temperature: float = 0.0,
+                     seed: Optional[int] = None, max_new_tokens: int = 1024, max_duration: Optional[float] = None,
+                     max_context: int = 4096) -> Any:
+        """A multi-turn voice conversation whose history stays in the engine (see
+        `pylfm.live.Conversation`): add the user's audio or text, then ``reply()``.
+
+        Args:
+            system: the system prompt (default "Respond with interleaved text and audio.").
+            voice: one of the model's voices ("US female", "US male", "UK female",
+                "UK male"), added to the system prompt as "Use the ... voice."
+            mode: "interleaved" (fixed pattern of 6 text tokens and 12 audio frames: the
+                lowest latency) or "sequential" (the model switches modality itself).
+            temperature, top_k: sampling of audio codes; text_temperature: of text (0 = greedy).
+            seed: makes sampling reproducible.
+            max_new_tokens, max_duration: bounds of each reply (steps; seconds of speech).
+            max_context: positions the history may take; the oldest turns are dropped
+                (and counted in ``dropped_turns``) beyond it.
+
+        The model keeps ``sessions`` conversations at once (a `Model` argument);
+        a `ConversationError` says so when all are taken."""
+        from .live.conversation import Conversation, ConversationError
+        from .speech import CHAT_SYSTEM_PROMPT
+
+        if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 256:
+            raise ConversationError(f"max_context must be an integer >= 256, got {max_context!r}")
+        max_context = min(max_context, self._engine.max_ctx_seq)
+        session = self.speech.open_session()
+        if session < 0:
+            raise ConversationError(f"all {self.sessions} conversation slots of this model are in use; close a "
+                                    "conversation or load the model with a larger sessions=")
+        try:
+            return Conversation(self, session, system=CHAT_SYSTEM_PROMPT if system is None else system, voice=voice,
+                                mode=mode, temperature=temperature, top_k=top_k, text_temperature=text_temperature,
+                                seed=seed, max_new_tokens=max_new_tokens, max_duration=max_duration,
+                                max_context=max_context)
+        except BaseException:
+            self.speech.close_session(session)
+            raise
+
+    def transcriber(self, *, sample_rate: int = 16000, turn_detection: Any = "server_vad", interim: bool = False,
+                    interim_interval: float = 1.0, on_event: Optional[Callable[[Any], None]] = None,
+                    **options: Any) -> Any:
+        """Transcription of audio as it arrives (see `pylfm.live.Transcriber`): ``push``
+        PCM chunks; each utterance the turn detector finishes is transcribed, with text
+        deltas as it decodes.
+
+        Args:
+            sample_rate: the rate of the pushed audio.
+            turn_detection: a `pylfm.live.TurnDetection`, "server_vad" (its defaults), or
+                None (utterances end only at ``commit()``).
+            interim: also transcribe the utterance in progress every ``interim_interval`` s.
+            on_event: called with each event; without it, iterate ``events()``.
+            **options: `TranscribeOptions` fields for each utterance."""
+        from .live.transcriber import Transcriber
+        from .live.turns import TurnDetection
+
+        if turn_detection == "server_vad":
+            turn_detection = TurnDetection()
+        elif turn_detection is not None and not isinstance(turn_detection, TurnDetection):
+            raise ValueError("turn_detection must be a pylfm.live.TurnDetection, 'server_vad' or None")
+        return Transcriber(self, sample_rate=sample_rate, turn_detection=turn_detection, interim=interim,
+                           interim_interval=interim_interval, on_event=on_event, **options)
 
     # ------------------------------------------------------------------ internals
     def _job(self, audio: AudioInput, sample_rate: Optional[int], opts: TranscribeOptions,

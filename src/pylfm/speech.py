@@ -55,16 +55,21 @@ class SpeechError(PylfmError, ValueError):
     """Speech output cannot run as asked (bad input, missing speech GGUFs, an ASR-only model)."""
 
 
-def tts_system_prompt(voice: str) -> str:
-    """``Perform TTS. Use the US female voice.`` for one of `VOICES` (case and separators free)."""
+def voice_name(voice: str) -> str:
+    """The canonical name of one of `VOICES` ("uk-male" -> "UK male"); SpeechError otherwise."""
     if not isinstance(voice, str):
         raise SpeechError(f"voice must be a string, one of {', '.join(VOICES)}; got {voice!r}")
     key = " ".join(voice.replace("-", " ").replace("_", " ").split()).lower()
     for v in VOICES:
         if v.lower() == key:
-            return f"Perform TTS. Use the {v} voice."
+            return v
     raise SpeechError(f"unknown voice {voice!r}; LFM2.5-Audio has {', '.join(VOICES)} "
                       "(or pass system='Perform TTS. ...' with your own voice description)")
+
+
+def tts_system_prompt(voice: str) -> str:
+    """``Perform TTS. Use the US female voice.`` for one of `VOICES` (case and separators free)."""
+    return f"Perform TTS. Use the {voice_name(voice)} voice."
 
 
 # ---------------------------------------------------------------------- inverse STFT
@@ -254,13 +259,16 @@ class SpeechRuntime:
         scheduler: the model's `Scheduler` (speech requests and the probes go through it).
         engine: the model's native engine.
         model_path: the text model's GGUF (the speech GGUFs are looked for next to it).
+        max_sessions: how many sessions (conversations) may be open at once.
     """
 
-    def __init__(self, scheduler: Any, engine: Any, model_path: Path) -> None:
+    def __init__(self, scheduler: Any, engine: Any, model_path: Path, max_sessions: int = 0) -> None:
         self._scheduler = scheduler
+        self.max_sessions = max_sessions
+        self._sessions: set = set()
         self._engine = engine
         self._model_path = model_path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a conversation dropped by the GC closes its session here
         self.vocoder_path: Optional[Path] = None
         self.detokenizer_path: Optional[Path] = None
 
@@ -294,6 +302,39 @@ class SpeechRuntime:
         self.load()
         self._scheduler.submit(job)
         return job
+
+    # ------------------------------------------------------------------ sessions (live conversations)
+    def open_session(self) -> int:
+        """Reserves one of the engine's session slots (its sequence keeps a history
+        between requests); -1 when all are taken."""
+        self.load()
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                return -1
+            session = int(self._scheduler.call(self._engine.open_session))
+            if session >= 0:
+                self._sessions.add(session)
+            return session
+
+    def close_session(self, session: int) -> None:
+        with self._lock:
+            self._sessions.discard(session)
+        self._scheduler.call(lambda: self._engine.close_session(session))
+
+    def rollback_session(self, session: int) -> int:
+        """Back to the start of the session's last reply; returns the history's length."""
+        def run() -> int:
+            self._engine.rollback_session(session)
+            return self._engine.session_n_past(session)
+
+        return int(self._scheduler.call(run))
+
+    def reset_session(self, session: int) -> None:
+        self._scheduler.call(lambda: self._engine.reset_session(session))
+
+    def tokenize(self, text: str) -> List[int]:
+        """Token ids of plain text (special tokens not parsed)."""
+        return list(self._engine.tokenize_text(text, False))
 
     # ------------------------------------------------------------------ probes (tests, fidelity)
     def _probe(self, name: str, *args: Any) -> Any:
@@ -396,6 +437,8 @@ class SpeechJob:
         self._cond = threading.Condition()
         self._queue: "queue.Queue[Optional[SpeechChunk]]" = queue.Queue()
         self._chunks: List[SpeechChunk] = []
+        self.items: List[Any] = []  # what was generated, in order: token ids and (8,) frames (end of audio included)
+        self.item_texts: List[str] = []  # the text each item added ("" for frames)
         self._done = False
         self._cancelled = False
 
@@ -413,6 +456,11 @@ class SpeechJob:
         return EngineRequest(0, self.parts, self.audio, _core.SamplingParams(), self.params, self.session)
 
     def on_piece(self, key: Any, text: str, token: int) -> None:
+        if token >= 0:
+            self.items.append(int(token))
+            self.item_texts.append(text)
+        elif self.item_texts:
+            self.item_texts[-1] += text  # the flushed end of a character
         if text and self.on_text is not None:
             self.on_text(text)
         self._put(SpeechChunk(text=text, token=token))
@@ -427,6 +475,8 @@ class SpeechJob:
                 self.first_audio_ms = (time.perf_counter() - self.t0) * 1000
             if self.bar is not None:
                 self.bar.update(round(len(audio) / SAMPLE_RATE, 2))
+        self.items.append(np.asarray(codes, np.int32))
+        self.item_texts.append("")
         self._put(SpeechChunk(audio=audio, codes=codes, end_of_audio=end))
 
     def on_done(self, key: Any, result: Dict[str, Any]) -> bool:

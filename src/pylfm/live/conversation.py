@@ -1,0 +1,458 @@
+"""Multi-turn voice conversations with the history kept in the engine.
+
+    conv = model.conversation()                      # "Respond with interleaved text and audio."
+    conv.add_audio("question.wav")                   # a user turn (or add_text, or append_audio chunks)
+    for chunk in conv.reply(stream=True):            # text and 24 kHz audio as they decode
+        play(chunk.audio)
+    conv.add_audio(next_question)                    # turn 2 only prefills what is new
+    reply = conv.reply()                             # .text, .audio, .codes, .stop_reason, .timings
+
+A conversation owns one of the engine's session slots: its sequence keeps the whole
+history between turns, so each turn prefills only its own input (liquid-audio's demo runs
+the model over the whole history every turn). The prompt layout is liquid-audio's
+ChatState: ``<|startoftext|>`` + the system turn, then ``<|im_start|>user\\n`` + audio/text +
+``<|im_end|>\\n``, ``<|im_start|>assistant\\n`` + the reply's text tokens and audio frames +
+``<|im_end|>\\n``, and so on.
+
+Barge-in: `cancel` stops a reply within one step, and `truncate(played_ms)` keeps only
+what the listener heard: the engine rolls the sequence back to the checkpoint taken at the
+start of the reply (LFM2's short-convolution state cannot drop a tail) and the kept part is
+prefilled again with the next turn. A conversation longer than ``max_context`` drops its
+oldest turns (reported in `dropped_turns` and the log) and carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Union
+
+import numpy as np
+
+from ..errors import PylfmError
+from .turns import float_chunk
+from ..speech import (CHAT_SYSTEM_PROMPT, CHAT_TEMPERATURE, CHAT_TOP_K, FRAME_SAMPLES, FRAMES_PER_SECOND, MODES, Speech,
+                      SpeechChunk, SpeechError, SpeechJob, _check_sampling, _frames_for, _params, _seed, voice_name)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..model import Model
+
+log = logging.getLogger("pylfm")
+
+IM_END = 7  # <|im_end|>
+FRAME_MS = 1000.0 * FRAME_SAMPLES / 24000  # 80 ms of speech per audio frame
+_AUDIO_SAMPLES_PER_TOKEN = 1280  # 16 kHz samples per audio embedding (80 ms)
+
+
+class ConversationError(PylfmError, ValueError):
+    """A conversation was used in a way it cannot be (a reply while another runs, a
+    closed conversation, an empty turn, ...)."""
+
+
+@dataclass
+class Reply(Speech):
+    """One answer of a conversation: a `Speech` (``text``, ``audio``, ``codes``,
+    ``tokens``, ``stop_reason``, ``timings``) plus the order in which its text tokens (0)
+    and audio frames (1, the end-of-audio frame included) were generated."""
+
+    order: List[int] = field(default_factory=list)
+    items: List[Any] = field(default_factory=list)  # token ids and (8,) frames, in generation order
+    item_texts: List[str] = field(default_factory=list)
+    truncated: bool = False
+
+
+@dataclass
+class _Turn:
+    role: str                                   # "user" | "assistant"
+    text: str = ""                              # user text / the reply's text
+    audio: List[np.ndarray] = field(default_factory=list)  # user audio (16 kHz)
+    items: List[Any] = field(default_factory=list)  # assistant: ints (tokens) and (8,) arrays (frames)
+    pieces: List[str] = field(default_factory=list)  # assistant: the text of each item ("" for frames)
+    growing: bool = False                       # user: append_audio adds to the last clip
+    in_engine: bool = False                     # the whole turn (closing included) is in the sequence
+    fed: int = -1                               # assistant turn open in the sequence: items fed so far
+
+    def user_parts(self) -> list:
+        parts: list = list(range(len(self.audio)))
+        if self.text:
+            parts.append((self.text, False))
+        return parts
+
+    def item_parts(self, start: int) -> list:
+        """The assistant's items from ``start`` as engine prompt parts (token-id arrays and
+        frame arrays, in order)."""
+        parts: list = []
+        run: list = []
+        for it in self.items[start:]:
+            frame = isinstance(it, np.ndarray)
+            if run and isinstance(run[0], np.ndarray) != frame:
+                parts.append(_run_part(run))
+                run = []
+            run.append(it)
+        if run:
+            parts.append(_run_part(run))
+        return parts
+
+
+def _run_part(run: list) -> np.ndarray:
+    if isinstance(run[0], np.ndarray):
+        return np.stack(run).astype(np.int32).reshape(-1, 8)
+    return np.asarray(run, np.int32)
+
+
+class Conversation:
+    """A live conversation (see the module docstring); made by `Model.conversation`.
+
+    One reply runs at a time; `cancel` and `close` may be called from any thread."""
+
+    def __init__(self, model: "Model", session: int, *, system: Optional[str], voice: Optional[str], mode: str,
+                 temperature: float, top_k: Optional[int], text_temperature: float, seed: Optional[int],
+                 max_new_tokens: int, max_duration: Optional[float], max_context: int) -> None:
+        if mode not in MODES:
+            raise SpeechError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        self._model = model
+        self._session = session
+        self.mode = mode
+        self.system = _system_prompt(system, voice)
+        self.temperature, self.top_k = _check_sampling(temperature, top_k, "")
+        self.text_temperature, _ = _check_sampling(text_temperature, 0, "text_")
+        self.seed = seed
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise SpeechError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        self.max_new_tokens = max_new_tokens
+        self.max_frames = _frames_for(max_duration)
+        self.max_context = max_context
+        self.dropped_turns = 0
+        self.n_past = 0  # positions of the history in the engine
+        self._turns: List[_Turn] = []
+        self._lock = threading.RLock()
+        self._job: Optional[SpeechJob] = None
+        self._closed = False
+        self._last: Optional[Reply] = None
+        self._special_cost: Dict[str, int] = {}
+        self._finalizer = weakref.finalize(self, _close_session, model.speech, session)
+
+    def __repr__(self) -> str:
+        return (f"Conversation({len(self._turns)} turns, {self.n_past} positions in the engine, mode={self.mode!r}, "
+                f"closed={self._closed})")
+
+    # ------------------------------------------------------------------ the user's turn
+    def add_audio(self, audio: Any, *, sample_rate: Optional[int] = None) -> None:
+        """Adds audio to the user's turn: anything `pylfm.load_audio` takes (a path,
+        bytes, a file object, an array with ``sample_rate``)."""
+        from ..audio import load_audio
+
+        self._check_open()
+        pcm = load_audio(audio, sample_rate=sample_rate, target_rate=self._model.sample_rate)
+        with self._lock:
+            turn = self._user_turn()
+            turn.audio.append(pcm)
+            turn.growing = False
+
+    def append_audio(self, chunk: np.ndarray, sample_rate: int) -> None:
+        """Adds a chunk of PCM (float or int16, mono) to the user's turn as it arrives;
+        the chunks of one turn join into one clip."""
+        self._check_open()
+        try:
+            pcm = _resample(float_chunk(chunk), sample_rate, self._model.sample_rate)
+        except ValueError as e:
+            raise ConversationError(str(e)) from None
+        with self._lock:
+            turn = self._user_turn()
+            if turn.audio and turn.growing:
+                turn.audio[-1] = np.concatenate([turn.audio[-1], pcm])
+            else:
+                turn.audio.append(pcm)
+                turn.growing = True
+
+    def add_text(self, text: str) -> None:
+        """Adds text to the user's turn (plain text: special tokens are not parsed)."""
+        self._check_open()
+        if not isinstance(text, str) or not text.strip():
+            raise ConversationError("the user's text is empty")
+        with self._lock:
+            turn = self._user_turn()
+            turn.text = f"{turn.text}\n{text}" if turn.text else text
+
+    def add_assistant(self, reply: Union["Reply", str]) -> None:
+        """Adds an assistant turn to the history as if the model had said it: a `Reply`
+        (its exact text tokens and audio frames) or plain text."""
+        self._check_open()
+        with self._lock:
+            self._check_idle()
+            turn = _Turn("assistant")
+            if isinstance(reply, Reply):
+                turn.items, turn.pieces, turn.text = list(reply.items), list(reply.item_texts), reply.text
+            elif isinstance(reply, str) and reply.strip():
+                ids = self._model.speech.tokenize(reply)
+                turn.items, turn.pieces, turn.text = ids, [""] * len(ids), reply
+            else:
+                raise ConversationError("add_assistant takes a Reply or a non-empty text")
+            self._turns.append(turn)
+
+    # ------------------------------------------------------------------ the reply
+    def reply(self, *, stream: bool = False, max_duration: Optional[float] = None,
+              max_new_tokens: Optional[int] = None, seed: Optional[int] = None
+              ) -> Union[Reply, Iterator[SpeechChunk]]:
+        """Answers the user's turn (or continues after the last one): the whole `Reply`,
+        or with ``stream=True`` an iterator of `SpeechChunk` (text and/or audio) as they
+        decode; closing the iterator cancels the reply, and `last_reply` then holds what
+        was generated."""
+        self._check_open()
+        with self._lock:
+            self._check_idle()
+            if not self._turns or self._turns[-1].role != "user":
+                raise ConversationError("there is no user turn to answer: add_audio / add_text first")
+            frames = self.max_frames if max_duration is None else _frames_for(max_duration)
+            steps = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+            self._fit(steps)
+            parts, audio = self._prompt()
+            params = _params(interleaved=self.mode == "interleaved", max_new_tokens=steps, max_audio_frames=frames,
+                             audio_temperature=self.temperature, audio_top_k=self.top_k,
+                             text_temperature=self.text_temperature,
+                             seed=_seed(seed if seed is not None else self.seed))
+            job = SpeechJob(parts, audio, params, session=self._session)
+            self._job = job
+        self._model.speech.submit(job)
+        if stream:
+            return self._stream(job)
+        try:
+            job.run()
+        finally:
+            if job.done:
+                self._settle(job)
+        return self._last  # type: ignore[return-value]
+
+    def _stream(self, job: SpeechJob) -> Iterator[SpeechChunk]:
+        try:
+            for c in job.chunks():
+                if c.text or len(c.audio):
+                    yield c
+        finally:
+            self._settle(job)
+
+    @property
+    def last_reply(self) -> Optional[Reply]:
+        """The latest reply (also after a streamed or cancelled one)."""
+        return self._last
+
+    @property
+    def replying(self) -> bool:
+        return self._job is not None and not self._job.done
+
+    def cancel(self) -> None:
+        """Stops the running reply within one engine step (barge-in); what it generated
+        stays in the history unless you `truncate` it."""
+        job = self._job
+        if job is not None:
+            job.cancel()
+            job.wait()
+            with self._lock:
+                if self._job is job:
+                    self._settle(job)
+
+    def truncate(self, played_ms: float) -> None:
+        """Keeps only the part of the last reply that was played (``played_ms`` of its
+        audio; its text up to the last frame kept), as OpenAI's
+        ``conversation.item.truncate`` does: the conversation goes on as if the assistant
+        had said only that."""
+        self._check_open()
+        if isinstance(played_ms, bool) or not isinstance(played_ms, (int, float)) or not math.isfinite(played_ms) \
+                or played_ms < 0:
+            raise ConversationError(f"played_ms must be a number >= 0, got {played_ms!r}")
+        with self._lock:
+            self._check_idle()
+            turn = self._turns[-1] if self._turns else None
+            if turn is None or turn.role != "assistant" or self._last is None:
+                raise ConversationError("there is no reply to truncate: truncate applies to the last reply")
+            keep_frames = math.ceil(played_ms / FRAME_MS - 1e-9)
+            frame_pos = [i for i, it in enumerate(turn.items) if isinstance(it, np.ndarray) and int(it[0]) != 2048]
+            if keep_frames >= len(frame_pos):
+                return  # everything was played
+            keep = frame_pos[keep_frames - 1] + 1 if keep_frames > 0 else 0
+            if turn.fed > keep:  # the sequence already holds more: back to the reply's start
+                self.n_past = self._model.speech.rollback_session(self._session)
+                turn.fed = 0
+            turn.items, turn.pieces = turn.items[:keep], turn.pieces[:keep]
+            turn.text = "".join(turn.pieces)
+            last = self._last
+            n_frames = sum(1 for it in turn.items if isinstance(it, np.ndarray) and int(it[0]) != 2048)
+            self._last = Reply(audio=last.audio[:n_frames * FRAME_SAMPLES], text=turn.text,
+                               codes=last.codes[:n_frames], tokens=[int(t) for t in turn.items if not isinstance(t, np.ndarray)],
+                               stop_reason=last.stop_reason, timings=last.timings,
+                               order=[1 if isinstance(it, np.ndarray) else 0 for it in turn.items],
+                               items=list(turn.items), item_texts=list(turn.pieces), truncated=True)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def history(self) -> List[Dict[str, Any]]:
+        """The turns so far: role, text, and seconds of audio (user input, or the reply's speech)."""
+        out = []
+        for t in self._turns:
+            if t.role == "user":
+                seconds = sum(len(a) for a in t.audio) / self._model.sample_rate
+            else:
+                seconds = sum(1 for it in t.items if isinstance(it, np.ndarray) and int(it[0]) != 2048) / FRAMES_PER_SECOND
+            out.append({"role": t.role, "text": t.text, "audio_seconds": round(seconds, 3)})
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Stops any reply and frees the conversation's engine slot."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._job is not None and not self._job.done:
+            self._job.cancel()
+            self._job.wait()
+        self._finalizer()
+
+    def __enter__(self) -> "Conversation":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ConversationError("this conversation is closed")
+
+    def _check_idle(self) -> None:
+        if self._job is not None and not self._job.done:
+            raise ConversationError("a reply is already running; cancel it (barge-in) or wait for it first")
+
+    def _user_turn(self) -> _Turn:
+        self._check_idle()
+        if not self._turns or self._turns[-1].role != "user":
+            self._turns.append(_Turn("user"))
+        return self._turns[-1]
+
+    def _prompt(self) -> tuple:
+        """The engine parts for everything not yet in the sequence, then the assistant's header."""
+        parts: list = []
+        audio: List[np.ndarray] = []
+        if self.n_past == 0 and self.system:
+            parts += [("<|im_start|>system\n", True), (self.system, False), ("<|im_end|>\n", True)]
+        for t in self._turns:
+            if t.in_engine:
+                continue
+            if t.role == "assistant":
+                if t.fed < 0:
+                    parts.append(("<|im_start|>assistant\n", True))
+                items = t.item_parts(max(t.fed, 0))
+                parts += items
+                parts.append(("<|im_end|>\n", True))
+            else:
+                parts.append(("<|im_start|>user\n", True))
+                for p in t.user_parts():
+                    if isinstance(p, int):
+                        parts.append(len(audio))
+                        audio.append(t.audio[p])
+                    else:
+                        parts.append(p)
+                parts.append(("<|im_end|>\n", True))
+        parts.append(("<|im_start|>assistant\n", True))
+        return parts, audio
+
+    def _settle(self, job: SpeechJob) -> None:
+        """Records what a finished reply left in the sequence."""
+        with self._lock:
+            if self._job is not job:
+                return
+            self._job = None
+            r = job.result_dict
+            if job.error is not None or r is None:
+                # the engine dropped the sequence: the next reply sends the whole history again
+                for t in self._turns:
+                    t.in_engine, t.fed = False, (-1 if t.role == "assistant" else t.fed)
+                self.n_past = 0
+                self._last = None
+                return
+            self.n_past = int(r.get("n_past", self.n_past))
+            if not r.get("turn_taken", False):
+                return  # cancelled before the turn was read: it is still to send
+            for t in self._turns:
+                t.in_engine = True
+            speech = job.speech()
+            reply = Reply(audio=speech.audio, text=speech.text, codes=speech.codes, tokens=speech.tokens,
+                          stop_reason=speech.stop_reason, timings=speech.timings, order=list(r.get("order", [])),
+                          items=list(job.items), item_texts=list(job.item_texts))
+            turn = _Turn("assistant", text=reply.text, items=list(job.items), pieces=list(job.item_texts))
+            turn.fed = int(r.get("n_fed", 0))
+            if turn.items and not isinstance(turn.items[-1], np.ndarray) and turn.items[-1] == IM_END:
+                turn.items.pop()  # the turn's closing text says it (sequential mode emits it)
+                turn.pieces.pop()
+                turn.fed = min(turn.fed, len(turn.items))
+            self._turns.append(turn)
+            self._last = reply
+
+    def _fit(self, steps: int) -> None:
+        """Drops the oldest turns when the history, the new turn and the reply would not
+        fit ``max_context`` (the sequence is then rebuilt from what is kept)."""
+        def cost(t: _Turn) -> int:
+            n = 4  # <|im_start|>role\n ... <|im_end|>\n
+            if t.role == "user":
+                n += sum(math.ceil(len(a) / _AUDIO_SAMPLES_PER_TOKEN) + 1 for a in t.audio)
+                n += self._model.count_tokens(t.text) if t.text else 0
+            else:
+                n += len(t.items)
+            return n
+
+        new = sum(cost(t) for t in self._turns if not t.in_engine) + 4
+        if self.n_past + new + steps + 2 <= self.max_context:
+            return
+        system = (self._model.count_tokens(self.system) + 8) if self.system else 1
+        costs = [cost(t) for t in self._turns]
+        keep_from = 0
+        while keep_from < len(self._turns) - 1 and system + sum(costs[keep_from:]) + 4 + steps + 2 > self.max_context:
+            keep_from += 1
+            while keep_from < len(self._turns) - 1 and self._turns[keep_from].role != "user":
+                keep_from += 1  # a history starts with a user turn
+        if system + sum(costs[keep_from:]) + 4 + steps + 2 > self.max_context:
+            raise ConversationError(f"the user's turn and a reply of {steps} steps do not fit max_context="
+                                    f"{self.max_context}; shorten the turn or lower max_new_tokens")
+        dropped = keep_from
+        self._turns = self._turns[keep_from:]
+        self.dropped_turns += dropped
+        log.warning("pylfm: conversation longer than max_context=%d: dropped its %d oldest turn(s)",
+                    self.max_context, dropped)
+        self._model.speech.reset_session(self._session)
+        self.n_past = 0
+        for t in self._turns:
+            t.in_engine = False
+            if t.role == "assistant":
+                t.fed = -1
+
+
+def _system_prompt(system: Optional[str], voice: Optional[str]) -> Optional[str]:
+    if system is not None and not isinstance(system, str):
+        raise SpeechError(f"system must be a string or None, got {type(system).__name__}")
+    if voice is None:
+        return system
+    v = voice_name(voice)
+    return f"{system} Use the {v} voice." if system else f"Use the {v} voice."
+
+
+def _resample(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 1000 <= rate <= 1_000_000:
+        raise ConversationError(f"sample_rate must be an integer in [1000, 1000000], got {rate!r}")
+    if rate == target or not len(pcm):
+        return pcm
+    import soxr
+
+    return soxr.resample(pcm, rate, target).astype(np.float32)
+
+
+def _close_session(speech: Any, session: int) -> None:
+    try:
+        speech.close_session(session)
+    except Exception:  # noqa: BLE001 - the model may be closed already: its sessions went with it
+        pass
