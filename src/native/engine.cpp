@@ -554,6 +554,14 @@ std::future<void> Engine::post(std::function<void()> fn) {
     return done;
 }
 
+void Engine::inject_failure() {
+    {
+        std::lock_guard<std::mutex> lock(queue_mu_);
+        inject_failure_ = true;
+    }
+    queue_cv_.notify_all();
+}
+
 void Engine::shutdown() {
     {
         std::lock_guard<std::mutex> lock(queue_mu_);
@@ -991,7 +999,7 @@ void Engine::run(const EventSink& sink) {
         {
             std::unique_lock<std::mutex> lock(queue_mu_);
             queue_cv_.wait(lock, [&] {
-                return stop_ || !queue_.empty() || n_busy_ > 0 || waiting_ || !tasks_.empty();
+                return stop_ || !queue_.empty() || n_busy_ > 0 || waiting_ || !tasks_.empty() || inject_failure_;
             });
             if (stop_) break;
             if (!tasks_.empty()) {
@@ -1001,6 +1009,7 @@ void Engine::run(const EventSink& sink) {
         }
         if (task.valid()) task();  // one posted task per turn, between steps (its exceptions go to its future)
         try {
+            if (inject_failure_.load()) throw std::runtime_error("an injected internal error (a test)");
             sweep_cancelled(events);
             take_in(events);
             for (auto& sp : slots_) {
@@ -1045,15 +1054,17 @@ void Engine::run(const EventSink& sink) {
         end_request(waiting_->id);
         waiting_.reset();
     }
+    std::deque<std::packaged_task<void()>> dropped;
     {
         std::lock_guard<std::mutex> lock(queue_mu_);
         if (!failure.empty()) failure_ = failure;
         stop_ = true;
-        tasks_.clear();  // never run: their futures report a broken promise
+        dropped.swap(tasks_);  // never run: their futures report a broken promise
         loop_thread_ = std::thread::id();
         for (auto& req : queue_) end_request(req.id);
         queue_.clear();
     }
+    dropped.clear();  // outside the lock: a task's captures may need the GIL to go
     deliver();
 }
 

@@ -158,6 +158,8 @@ public:
     std::future<void> post(std::function<void()> fn);
     // Why the loop stopped, if it failed (empty while it runs or after a clean shutdown).
     std::string failure() const;
+    // Tests: the loop fails at its next turn, as an internal error (a bug) would make it.
+    void inject_failure();
 
     // ---- sessions (call from the loop's thread, e.g. through post)
     int open_session();                 // reserves a slot; -1 when none is free
@@ -254,6 +256,7 @@ private:
     bool stop_ = false;
     std::string failure_;
     std::atomic<int> n_busy_{0};  // slots with a request (prefilling or generating)
+    std::atomic<bool> inject_failure_{false};
     std::atomic<int64_t> n_decode_steps_{0}, n_decode_rows_{0}, max_decode_rows_{0}, n_audio_rows_{0}, n_text_rows_{0};
 };
 

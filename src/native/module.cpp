@@ -33,6 +33,21 @@ using bind::frames_array;
 using bind::parts_from;
 using bind::safe_str;
 
+// One reference to a Python object, released with the GIL held by whichever thread ends
+// its holder (C++ tasks outlive the call that made them).
+struct PyRef {
+    PyObject* obj;
+    explicit PyRef(PyObject* o) : obj(o) {}
+    PyRef(const PyRef&) = delete;
+    PyRef& operator=(const PyRef&) = delete;
+    ~PyRef() {
+        if (obj && Py_IsInitialized()) {
+            py::gil_scoped_acquire gil;
+            Py_DECREF(obj);
+        }
+    }
+};
+
 py::dict result_dict(const Result& r) {
     py::dict d;
     d["text"] = safe_str(r.text);
@@ -212,26 +227,24 @@ PYBIND11_MODULE(_core, m) {
              },
              "The scheduler loop: blocks until shutdown() (or a failure: see `failure`); run it on one thread.")
         .def("shutdown", &Engine::shutdown, py::call_guard<py::gil_scoped_release>())
+        .def("inject_failure", &Engine::inject_failure,
+             "Tests: the loop fails at its next turn as an internal error would (every request then ends with it).")
         .def("call", [](Engine& e, py::function fn, std::shared_ptr<CancelFlag> cancel) {
-                 // fn must not raise (pylfm's scheduler wraps it). The task owns one reference,
-                 // dropped with the GIL held on the loop's thread.
-                 PyObject* raw = fn.release().ptr();
+                 // fn must not raise (pylfm's scheduler wraps it). The task holds one reference,
+                 // dropped with the GIL held wherever the task ends: after running, or unrun when
+                 // the engine shuts down.
+                 auto ref = std::make_shared<PyRef>(fn.release().ptr());
                  std::future<void> done;
-                 try {
-                     done = e.post([raw] {
+                 {
+                     py::gil_scoped_release nogil;
+                     done = e.post([ref] {
                          py::gil_scoped_acquire gil;
                          try {
-                             py::handle task(raw);
-                             task();
+                             py::handle(ref->obj)();
                          } catch (py::error_already_set& err) {
                              err.discard_as_unraisable("pylfm engine task");
                          }
-                         Py_DECREF(raw);
                      });
-                 } catch (...) {
-                     py::gil_scoped_acquire gil;
-                     Py_DECREF(raw);
-                     throw;
                  }
                  // Wait without the GIL; every 100 ms look for Ctrl-C: it cancels the task
                  // through its flag, and is raised once the task has ended.

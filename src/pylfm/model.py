@@ -20,7 +20,7 @@ import numpy as np
 from . import _core
 from .audio import load_audio
 from .device import DEVICES, available_cpus as _available_cpus, check_device as _check_device  # noqa: F401
-from .errors import DeviceError, ModelLoadError, PylfmError
+from .errors import DeviceError, EngineError, ModelLoadError, PylfmError
 from .formats import Segment
 from .job import TranscriptionJob
 from .options import TranscribeOptions
@@ -97,6 +97,7 @@ class Model:
         self.n_threads = n_threads
         self.batch_size = batch_size
         self.sample_rate: int = self._engine.sample_rate
+        self.n_vocab: int = self._engine.n_vocab
         self.device: str = self._engine.device
         self.load_ms: float = self._engine.load_ms
         self.sessions = sessions
@@ -398,6 +399,8 @@ class Model:
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return self.scheduler.call(lambda: fn(*args))  # on the engine's thread, like all compute
+        except EngineError:
+            raise
         except ValueError as e:
             raise PylfmError(str(e)) from None
         except RuntimeError as e:

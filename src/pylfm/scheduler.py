@@ -124,6 +124,12 @@ class Scheduler:
         """Why the engine stopped, if it failed (every job then fails with it)."""
         return self._failure
 
+    def inject_failure(self) -> None:
+        """Tests: the engine loop fails at its next turn as an internal error would."""
+        with self._lock:
+            self._start()
+        self._engine.inject_failure()
+
     def close(self) -> None:
         """Stops the engine loop; running and waiting requests end as cancelled."""
         with self._lock:
