@@ -1,4 +1,4 @@
-"""pylfm.formats: timestamps, writers, parsers (round trips) and atomic output."""
+"""pylfm.transcription.formats: timestamps, writers, parsers (round trips) and atomic output."""
 
 import errno
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import os_failures
-from pylfm.formats import (
+from pylfm.transcription.formats import (
     Segment,
     format_timestamp,
     parse_srt,
@@ -171,7 +171,7 @@ def test_write_output_errors_name_the_target_and_leave_nothing(tmp_path):
 
 _WRITE = """
 import json, sys
-from pylfm.formats import write_output
+from pylfm.transcription.formats import write_output
 try:
     write_output(sys.argv[1], sys.argv[2] * int(sys.argv[3]))
     print(json.dumps(None))

@@ -22,13 +22,15 @@ from gguf import GGMLQuantizationType, GGUFReader
 
 import pylfm
 from pylfm import _core
-from pylfm.converter import ConversionError, convert, convert_speech, plan
-from pylfm.converter.speech import VOCODER_ARCH
-from pylfm.errors import ModelNotFoundError
-from pylfm.prompt import prompt_parts
-from pylfm.resolve import speech_files
-from pylfm.speech import (FRAME_SAMPLES, SAMPLE_RATE, Speech, SpeechError, StreamingISTFT, _params, istft,
-                          speech_engine)
+from pylfm.engine.prompt import prompt_parts
+from pylfm.errors import ModelNotFoundError, SpeechError
+from pylfm.files.convert import ConversionError, convert, convert_speech, plan
+from pylfm.files.convert.speech import VOCODER_ARCH
+from pylfm.files.resolve import speech_files
+from pylfm.speech.generate import _Run, speech_params
+from pylfm.speech.istft import FRAME_SAMPLES, SAMPLE_RATE, StreamingISTFT, istft
+from pylfm.speech.result import Speech
+from pylfm.speech.voices import tts_system_prompt
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FX = np.load(FIXTURES / "speech.npz")
@@ -89,8 +91,8 @@ def steps(model, mode: str, user_text=None, clip=None, max_new_tokens: int = 64)
         elif kind in (1, 2):
             rows.append([1] + [int(c) for c in codes])
 
-    params = _params(interleaved=mode == "interleaved", max_new_tokens=max_new_tokens, detokenize=False)
-    speech_engine(model).generate(parts, [] if clip is None else [clip], params, on_event, None)
+    params = speech_params(interleaved=mode == "interleaved", max_new_tokens=max_new_tokens, detokenize=False)
+    model.speech_runtime.engine.generate(parts, [] if clip is None else [clip], params, on_event, None)
     return np.array(rows, np.int32).reshape(-1, 9)
 
 
@@ -200,7 +202,7 @@ def test_tts_codes_match_liquid_audio(model):
 
 
 def test_depthformer_and_embeddings_match_liquid_audio(model):
-    engine = speech_engine(model)
+    engine = model.speech_runtime.engine
     for i in range(len(FX["tts_hidden"])):
         logits = engine.depth_logits(FX["tts_hidden"][i], FX["tts_codes"][i])
         assert np.abs(logits - FX["tts_depth_logits"][i]).max() < 1e-4  # measured 1e-6
@@ -209,7 +211,7 @@ def test_depthformer_and_embeddings_match_liquid_audio(model):
 
 
 def test_detokenizer_waveform_matches_liquid_audio(model):
-    spec = speech_engine(model).detokenize(FX["tts_codes"])
+    spec = model.speech_runtime.engine.detokenize(FX["tts_codes"])
     assert spec.shape == (6 * N_FRAMES, 1282)
     assert np.abs(spec[:len(FX["detok_spec"])] - FX["detok_spec"]).max() < 1e-3
     wave = istft(spec)
@@ -233,7 +235,7 @@ def test_quantized_bounds(tiny_checkpoint, tmp_path_factory, outtype, min_frames
     r = _converted(tiny_checkpoint, tmp_path_factory, outtype)
     m = pylfm.Model(r.model_path, r.mmproj_path, device="cpu", n_threads=2, batch_size=1)
     try:
-        engine = speech_engine(m)
+        engine = m.speech_runtime.engine
         err = np.abs(engine.depth_logits(FX["tts_hidden"][0], FX["tts_codes"][0]) - FX["tts_depth_logits"][0]).max()
         assert err < max_logit_err
         assert snr_db(FX["detok_wave"], istft(engine.detokenize(FX["tts_codes"]))) > min_snr
@@ -268,8 +270,6 @@ def test_stream_concatenates_to_the_non_streamed_waveform(model):
 def test_closing_the_stream_stops_generation(model):
     """Closing a speech stream sets the engine's cancel flag; the engine stops at its next
     frame (at most one more after the flag), and the model serves the next request."""
-    from pylfm import speech as sp
-
     counts = {"events": 0, "at_cancel": None}
 
     class CountingEngine:  # the real speech engine, its events counted as the engine emits them
@@ -288,10 +288,10 @@ def test_closing_the_stream_stops_generation(model):
                 counts["at_cancel"] = counts["events"]
             super().set()
 
-    parts = prompt_parts(sp.tts_system_prompt("US female"), "Stop me early.", n_audio=0) + [("<|audio_start|>", True)]
-    params = _params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=True, max_new_tokens=400,
+    parts = prompt_parts(tts_system_prompt("US female"), "Stop me early.", n_audio=0) + [("<|audio_start|>", True)]
+    params = speech_params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=True, max_new_tokens=400,
                      max_audio_frames=375, audio_temperature=0.0, audio_top_k=1, seed=0)
-    run = sp._Run(model, parts, [], params)
+    run = _Run(model.speech_runtime, parts, [], params)
     run.engine, run.cancel = CountingEngine(run.engine), RecordingFlag()
     it = run.chunks()
     got = [next(it) for _ in range(3)]
@@ -479,13 +479,11 @@ def test_all_generation_runs_on_the_engine_thread(model):
             threads.add(threading.current_thread().name)
             return self.real.generate(*args)
 
-    from pylfm import speech as sp
-
-    parts = prompt_parts(sp.tts_system_prompt("US female"), "Thread check.", n_audio=0) + [("<|audio_start|>", True)]
-    params = _params(start_audio=True, stop_at_audio_end=True, max_new_tokens=4, max_audio_frames=3,
+    parts = prompt_parts(tts_system_prompt("US female"), "Thread check.", n_audio=0) + [("<|audio_start|>", True)]
+    params = speech_params(start_audio=True, stop_at_audio_end=True, max_new_tokens=4, max_audio_frames=3,
                      audio_temperature=0.0, audio_top_k=1, seed=0)
     for streamed in (False, True):
-        run = sp._Run(model, parts, [], params)
+        run = _Run(model.speech_runtime, parts, [], params)
         run.engine = Recording(run.engine)
         chunks = list(run.chunks()) if streamed else run.run()
         assert chunks and run.result["stop_reason"] in ("length", "audio_end")

@@ -25,8 +25,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .audio_source import Source
-from .errors import AudioError, AudioTooLongError
+from .source import Source
+from ..errors import AudioError, AudioTooLongError
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +41,13 @@ _UNKNOWN_FRAMES = 1 << 62  # libsndfile reports SF_COUNT_MAX when the length is 
 _AV_OPTIONS = {"protocol_whitelist": "none"}
 
 
-def check_rate(rate: float, what: str) -> float:
-    """Raise `AudioError` unless ``rate`` is a plausible sample rate in Hz."""
+def check_rate(rate: float, what: str, hint: str = "the file header is broken, or pass the right rate") -> float:
+    """Raise `AudioError` unless ``rate`` is a plausible sample rate in Hz (``hint``
+    says what to do about it)."""
     if not MIN_RATE <= rate <= MAX_RATE:
         raise AudioError(
             f"{what} is {rate:.10g} Hz, which is not a real audio sample rate (pylfm accepts "
-            f"{MIN_RATE / 1000:g} kHz to {MAX_RATE / 1e6:g} MHz); the file header is broken, or pass the right rate"
+            f"{MIN_RATE / 1000:g} kHz to {MAX_RATE / 1e6:g} MHz); {hint}"
         )
     return rate
 

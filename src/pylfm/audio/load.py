@@ -19,7 +19,7 @@ Accepted inputs
       :func:`load_audio` for how the channel axis is chosen.
 
 Multichannel audio is downmixed by averaging the channels; a different sample rate is
-converted with soxr. Encoded input is decoded chunk by chunk (see `pylfm.audio_decode`),
+converted with soxr. Encoded input is decoded chunk by chunk (see `pylfm.audio.decode`),
 so only the 16 kHz mono result is held whole. Every failure raises
 :class:`~pylfm.errors.AudioError` (a ``ValueError``) whose message says what to do,
 except a missing file (``FileNotFoundError``), an unreadable one (``PermissionError``)
@@ -36,17 +36,19 @@ from typing import BinaryIO, Optional, Union
 import numpy as np
 import soxr
 
-from .audio_decode import MAX_RATE, MIN_RATE, decode
-from .audio_source import open_source
-from .errors import AudioError, AudioTooLongError
+from ..errors import AudioError, AudioTooLongError
+from .decode import check_rate, decode
+from .source import open_source
 
 __all__ = [
     "SAMPLE_RATE",
     "MIN_SAMPLES_16K",
+    "MAX_WINDOW_S",
     "AudioInput",
     "load_audio",
     "min_samples",
     "duration",
+    "to_float32",
 ]
 
 #: The rate LFM2-Audio's preprocessor works at.
@@ -56,6 +58,11 @@ SAMPLE_RATE = 16000
 #: subsampled x8) is one LFM2 audio embedding. Anything shorter yields no audio
 #: tokens at all, so it is rejected rather than silently transcribed as "".
 MIN_SAMPLES_16K = 1280
+
+#: The longest clip pylfm hands the encoder at once, in seconds. llama.cpp's LFM2A
+#: encoder has a fixed relative-position table: one audio chunk may not exceed ~327 s,
+#: or the process aborts. Stay well below.
+MAX_WINDOW_S = 300.0
 
 #: Channel counts up to this are recognised when guessing a 2-D array's layout.
 _MAX_GUESSED_CHANNELS = 8
@@ -216,7 +223,7 @@ def _array_to_2d(x: np.ndarray, channel_axis: Optional[int]) -> np.ndarray:
             raise AudioError(f"channel_axis must be 0 or 1 for a 2-D array, got {channel_axis}")
         if channel_axis in (0, -2):
             x = x.T
-    return _to_float32(x)
+    return to_float32(x)
 
 
 def _guess_channel_axis(shape: "tuple[int, ...]") -> int:
@@ -232,7 +239,8 @@ def _guess_channel_axis(shape: "tuple[int, ...]") -> int:
     )
 
 
-def _to_float32(x: np.ndarray) -> np.ndarray:
+def to_float32(x: np.ndarray) -> np.ndarray:
+    """Samples as float32: floats as they are, integer PCM scaled to [-1, 1)."""
     kind, bits = x.dtype.kind, x.dtype.itemsize * 8
     if kind == "f":
         return x.astype(np.float32, copy=False)
@@ -252,9 +260,4 @@ def _check_rate(rate: object, what: str) -> float:
     r = float(rate)
     if not math.isfinite(r) or r <= 0:
         raise AudioError(f"{what} must be a positive number of Hz (e.g. 16000), got {rate!r}")
-    if not MIN_RATE <= r <= MAX_RATE:
-        raise AudioError(
-            f"{what}={rate!r} Hz is not a real audio sample rate; pylfm accepts {MIN_RATE / 1000:g} kHz "
-            f"to {MAX_RATE / 1e6:g} MHz (LFM2-Audio works at 16000)"
-        )
-    return r
+    return check_rate(r, what, "LFM2-Audio works at 16000")

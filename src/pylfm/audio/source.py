@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator, Optional
 
-from .errors import AudioError
+from ..errors import AudioError
 
 #: How long to wait for data from a pipe/FIFO/stdin before giving up, in seconds.
 DEFAULT_READ_TIMEOUT_S = 10.0

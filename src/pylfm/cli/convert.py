@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import OUTTYPES, convert, convert_speech, plan
-from .speech import SPEECH_OUTTYPES
+from ..files.convert import OUTTYPES, convert, convert_speech, plan
+from ..files.convert.speech import SPEECH_OUTTYPES
+from .options import FORCE, QUIET
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outtype", default="f16", choices=list(OUTTYPES), help="tensor type (default f16)")
     parser.add_argument("--outdir", "-o", help="output directory (default: the checkpoint directory)")
     parser.add_argument("--name", help="model name in the file names (default: the checkpoint directory's name)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    FORCE.add(parser)
+    QUIET.add(parser)
     parser.add_argument("--plan", action="store_true", help="only list what happens to each tensor")
     speech = parser.add_mutually_exclusive_group()
     speech.add_argument("--with-speech", dest="speech", action="store_const", const=True, default=None,

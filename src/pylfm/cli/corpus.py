@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import ray  # noqa: F401 - imported here so that a missing extra is reported by `pylfm corpus`
 
-from . import FORMATS, transcribe_corpus
-
-__all__ = ["add_arguments", "main"]
+from ..corpus import FORMATS, transcribe_corpus
+from .errors import CommandError
+from .options import (BATCH_SIZE, DEVICE, FIXED_TOKENS, MAX_DURATION, MAX_NEW_TOKENS, MMPROJ, MODEL, PROMPT, QUIET,
+                      SYSTEM, THREADS, fixed_tokens_options)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,19 +28,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parquet or jsonl (default: from --out's suffix, else parquet)")
     p.add_argument("--resume", action="store_true", help="skip inputs that already have a row in --out")
     p.add_argument("--path-column", default=None, help="manifest column with the paths (default: path or audio)")
-    p.add_argument("--max-duration", type=float, default=4 * 3600.0,
-                   help="longer files become error rows (seconds, default 14400; 0 = no limit)")
+    MAX_DURATION.add(p, default=4 * 3600.0, help="longer files become error rows (seconds, default 14400; 0 = no limit)")
     m = p.add_argument_group("model")
-    m.add_argument("--model", "-m", help="text-model GGUF, a folder with both GGUFs, or a hub repo id; "
-                                         "every worker must reach it (shared path or hub cache)")
-    m.add_argument("--mmproj", help="audio encoder mmproj GGUF (default: next to --model)")
-    m.add_argument("--device", default=None, help="model device (default: auto with GPUs, else cpu)")
-    m.add_argument("--batch-size", type=int, default=4, help="sequences each model decodes at once (default 4)")
-    m.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per window (default 512)")
-    m.add_argument("--system", default="Perform ASR.", help="system prompt (default: 'Perform ASR.')")
-    m.add_argument("--prompt", default=None, help="user text after the audio")
-    m.add_argument("--fixed-tokens", type=int, default=None,
-                   help="generate exactly N tokens per window, ignoring end-of-generation (benchmarks)")
+    MODEL.add(m, help="text-model GGUF, a folder with both GGUFs, or a hub repo id; every worker must reach it "
+                      "(shared path or hub cache)")
+    MMPROJ.add(m)
+    DEVICE.add(m, default=None, help="model device (default: auto with GPUs, else cpu)")
+    BATCH_SIZE.add(m, help="sequences each model decodes at once (default 4)")
+    MAX_NEW_TOKENS.add(m)
+    SYSTEM.add(m)
+    PROMPT.add(m)
+    FIXED_TOKENS.add(m)
     r = p.add_argument_group("ray")
     r.add_argument("--address", default=None,
                    help="Ray cluster to join: auto, ray://HOST:10001 (default: $RAY_ADDRESS, else a local cluster)")
@@ -49,16 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--gpus-per-actor", type=float, default=None, help="GPUs per actor (default 1 if the cluster has GPUs)")
     r.add_argument("--cpus-per-actor", type=float, default=None,
                    help="CPUs per actor (default 1 with GPUs, else all of a node's)")
-    r.add_argument("--threads", "-t", type=int, default=None, help="llama.cpp threads per actor (default: its CPUs)")
+    THREADS.add(r, help="llama.cpp threads per actor (default: its CPUs)")
     r.add_argument("--files-per-call", type=int, default=None,
                    help="files per actor call and per output file (default 4 x --batch-size)")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress or Ray log on stderr")
+    QUIET.add(p, help="no progress or Ray log on stderr")
 
 
 def main(args: argparse.Namespace) -> int:
-    options = dict(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
-    if args.fixed_tokens is not None:
-        options.update(max_new_tokens=args.fixed_tokens, ignore_eos=True, loop_guard=None)
+    options = dict(system=args.system, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                   **fixed_tokens_options(args.fixed_tokens))
     try:
         summary = transcribe_corpus(
             args.inputs, args.out, model=args.model, mmproj=args.mmproj, fmt=args.format, resume=args.resume,
@@ -67,8 +64,7 @@ def main(args: argparse.Namespace) -> int:
             files_per_call=args.files_per_call, max_duration=args.max_duration or None,
             path_column=args.path_column, address=args.address, num_cpus=args.num_cpus,
             progress=not args.quiet, **options)
-    except (FileExistsError, RuntimeError, ImportError) as e:
-        print(f"pylfm corpus: error: {e}", file=sys.stderr)
-        return 2
+    except (FileExistsError, RuntimeError, ImportError) as e:  # an existing --out, a failed Ray job
+        raise CommandError(str(e)) from None
     print(json.dumps(summary.to_dict()))
     return 0

@@ -89,7 +89,7 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
     Returns:
         A `CorpusSummary`.
     """
-    from ..options import TranscribeOptions
+    from ..transcription.options import TranscribeOptions
 
     TranscribeOptions(**options)  # bad options fail here, not in every actor
     fmt = _format(out, fmt)

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from .errors import DeviceError
+from ..errors import DeviceError
 
 DEVICES = ("auto", "cpu", "gpu", "cuda", "metal", "vulkan", "sycl", "hip")
 
@@ -77,7 +77,7 @@ def gpu_devices(info: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """The GPUs this build sees, in ggml's order, each system_info's device dict plus
     ``kind`` ("cuda", "metal", ...; the backend name if pylfm has no name for it),
     ``index`` (among devices of that kind) and ``engine`` (the engine's device string)."""
-    info = info if info is not None else _system_info()
+    info = info if info is not None else system_info()
     out: List[Dict[str, Any]] = []
     seen: Dict[str, int] = {}
     for d in info.get("devices", []):
@@ -99,7 +99,7 @@ def select_device(device: Any = "auto", info: Optional[Dict[str, Any]] = None) -
     kind, index = parse_device(device)
     if kind == "cpu":
         return "cpu"
-    info = info if info is not None else _system_info()
+    info = info if info is not None else system_info()
     gpus = gpu_devices(info)
     if kind == "auto":
         return gpus[0]["engine"] if gpus else "cpu"
@@ -181,11 +181,14 @@ def explain_import_error(error: ImportError) -> ImportError:
     return error
 
 
-# ---------------------------------------------------------------------- helpers
-def _system_info() -> Dict[str, Any]:
-    from . import _core
+def system_info() -> Dict[str, Any]:
+    """The backends compiled into this build (CPU, CUDA, Metal, ...) and visible devices."""
+    from .. import _core  # lazily: device strings are checked without loading llama.cpp
 
     return dict(_core.system_info())
+
+
+# ---------------------------------------------------------------------- helpers
 
 
 def _unavailable(device: str, kind: str, index: Optional[int], candidates: List[Dict[str, Any]],

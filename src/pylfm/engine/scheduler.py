@@ -1,14 +1,19 @@
 """The one scheduler: everything that transcribes goes through here.
 
 It owns the engine's loop (a thread running ``_core.Engine.run``) and decides what
-the engine runs next. Jobs (`pylfm.job.TranscriptionJob`) queue first come, first
-served; whenever the engine has fewer requests than sequence slots, the oldest job
-that has a window ready hands it over (a job capped by its ``batch_size`` lets later
-jobs use the slot). The engine admits each request into a slot as soon as one frees
-and advances all slots with one llama_decode per step (continuous batching), so
-windows of one long recording, several files of a batch, threads sharing a `Model`
-and concurrent server requests all decode together. Events (text pieces, results,
-errors) come back once per engine step and are routed to their jobs here.
+the engine runs next. Jobs queue first come, first served; whenever the engine has
+fewer requests than sequence slots, the oldest job that has a window ready hands it
+over (a job capped by its ``batch_size`` lets later jobs use the slot). The engine
+admits each request into a slot as soon as one frees and advances all slots with one
+llama_decode per step (continuous batching), so windows of one long recording,
+several files of a batch, threads sharing a `Model` and concurrent server requests
+all decode together. Events (text pieces, results, errors) come back once per engine
+step and are routed to their jobs here.
+
+The scheduler knows no job type: a job is any object with ``next_request()``,
+``has_work()``, ``on_piece(k, text)``, ``on_done(k, attempt, result)``,
+``on_error(k, message)``, ``cancel()`` and ``cancel_flag`` (a ``_core.CancelFlag``).
+`pylfm.transcription.job.TranscriptionJob` is the one there is.
 """
 
 from __future__ import annotations
@@ -21,13 +26,10 @@ import weakref
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Tuple
 
-from . import _core
+from .. import _core
+from .log import drain_llama_log
 
 log = logging.getLogger("pylfm")
-_llama_log = logging.getLogger("pylfm.llama")
-# llama.cpp's own levels, one step down: its warnings (e.g. "audio input is experimental"
-# on every load) are routine for us, and its errors also reach the user as exceptions.
-_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.INFO, 4: logging.WARNING}
 
 _PIECE, _DONE, _ERROR = 0, 1, 2
 _live: "weakref.WeakSet[Scheduler]" = weakref.WeakSet()
@@ -146,12 +148,6 @@ class Scheduler:
                 self._feed()
         if any(kind != _PIECE for kind, _, _ in events):
             drain_llama_log()
-
-
-def drain_llama_log() -> None:
-    """Moves llama.cpp's buffered log lines into the ``pylfm.llama`` logger."""
-    for level, line in _core.pop_log():
-        _llama_log.log(_LEVELS.get(level, logging.DEBUG), "%s", line)
 
 
 @atexit.register

@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple, Union
 
-from .errors import ModelNotFoundError
+from ..errors import ModelNotFoundError
 
 DEFAULT_REPO = "LiquidAI/LFM2.5-Audio-1.5B-GGUF"
 DEFAULT_QUANT = "Q8_0"
@@ -155,8 +155,8 @@ def _best(candidates: Sequence[str], order: Sequence[str], what: str) -> str:
 
 def _local_kinds(folder: Path, names: Sequence[str]) -> Dict[str, Optional[str]]:
     """What each GGUF's header says it is: an LFM2 text model, an audio mmproj, or other."""
-    from .errors import ModelLoadError
-    from .gguf_info import check_gguf
+    from ..errors import ModelLoadError
+    from .inspect import check_gguf
 
     kinds: Dict[str, Optional[str]] = {}
     for name in names:

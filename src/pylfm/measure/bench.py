@@ -1,9 +1,9 @@
-"""`pylfm bench`: how fast the model runs on this machine.
+"""How fast the model runs on this machine (the library behind ``pylfm bench``).
 
     pylfm bench --seconds 30 --repeat 5                 # synthetic 30 s test signal
     pylfm bench --audio talk.wav --fixed-tokens 128 --json
 
-    >>> from pylfm.bench import run_bench, synth_audio
+    >>> from pylfm.measure.bench import run_bench, synth_audio
     >>> report = run_bench(model, synth_audio(30.0), repeat=3, fixed_tokens=64)
     >>> report["median"]["rtf"], report["median"]["decode_tok_s"]
 
@@ -25,8 +25,6 @@ part of the timings (``audio_load_ms`` reports it).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,7 +35,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["synth_audio", "run_bench", "peak_rss_mb", "format_report", "add_arguments", "main"]
+from ..transcription.options import fixed_tokens as fixed_tokens_options
+
+__all__ = ["synth_audio", "run_bench", "peak_rss_mb", "format_report"]
 
 #: Per-run values summarised as median/min/max in the report.
 METRICS = ("encode_ms", "prefill_ms", "decode_ms", "total_ms", "prefill_tok_s", "decode_tok_s", "rtf")
@@ -150,7 +150,7 @@ def run_bench(model: Any, audio: Any, *, sample_rate: Optional[int] = None, repe
         ``n_audio_tokens``, ``n_prompt_tokens``, ``n_tokens`` (generated, per run),
         ``peak_rss_mb``, ``device``, ``threads``, ``batch_size`` and the settings.
     """
-    from .audio import load_audio
+    from ..audio.load import load_audio
 
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
@@ -168,7 +168,7 @@ def run_bench(model: Any, audio: Any, *, sample_rate: Optional[int] = None, repe
 
     kwargs: Dict[str, Any] = dict(sample_rate=model.sample_rate, window=window, batch_size=batch_size, vad=vad)
     if fixed_tokens is not None:
-        kwargs.update(max_new_tokens=int(fixed_tokens), ignore_eos=True, loop_guard=None)  # the same work every run
+        kwargs.update(fixed_tokens_options(int(fixed_tokens)))  # the same work every run
     else:
         kwargs.update(max_new_tokens=int(max_new_tokens))
 
@@ -233,7 +233,7 @@ def _run_metrics(result: Any, wall_ms: float, seconds: float) -> Dict[str, Any]:
 
 
 def _system() -> Dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     return {"pylfm": __version__, "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "processor": _cpu_name(), "cpu_count": os.cpu_count()}
@@ -278,61 +278,3 @@ def format_report(r: Dict[str, Any]) -> str:
     rss = r["peak_rss_mb"]
     lines += ["", f"peak RSS: {_f(rss, '.0f')} MiB"]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_model_arguments
-
-    p.description = ("Measure load time, audio-encode time, prefill and decode tokens/s, real-time factor and peak "
-                     "memory: the median (and min/max) over --repeat runs after --warmup unmeasured ones.")
-    add_model_arguments(p)
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--audio", help="audio file to transcribe (default: a synthetic signal, see --seconds)")
-    src.add_argument("--seconds", type=float, default=None,
-                     help="length of the deterministic synthetic test signal (tones, chirps, noise; default 30)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic signal (default 0)")
-    p.add_argument("--repeat", "-r", type=int, default=3, help="measured runs (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="unmeasured runs first (default 1)")
-    p.add_argument("--fixed-tokens", type=int, default=None, metavar="N",
-                   help="generate exactly N tokens per window, ignoring end-of-generation "
-                        "(comparable decode timings, e.g. on random-weight models)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="generation limit without --fixed-tokens")
-    p.add_argument("--window", type=float, default=30.0, help="split recordings longer than this (seconds)")
-    p.add_argument("--vad", choices=("silero", "energy", "none"), default=None,
-                   help="speech detector for long audio (default: silero for --audio, energy for the synthetic "
-                        "signal, whose tones Silero does not count as speech)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-
-
-def _vad(args: argparse.Namespace) -> Optional[str]:
-    if args.vad is None:
-        return "silero" if args.audio is not None else "energy"
-    return None if args.vad == "none" else args.vad
-
-
-def main(args: argparse.Namespace) -> int:
-    from .cli import load_model
-
-    if args.audio is not None:
-        if not Path(args.audio).is_file():
-            raise FileNotFoundError(f"audio file not found: {args.audio}")
-        audio: Any = args.audio
-        sample_rate = None
-        source = args.audio
-    else:
-        seconds = 30.0 if args.seconds is None else args.seconds
-        audio, sample_rate = synth_audio(seconds, 16000, args.seed), 16000
-        source = f"synthetic {seconds:g} s (seed {args.seed})"
-    t0 = time.perf_counter()
-    model = load_model(args)
-    load_wall_ms = (time.perf_counter() - t0) * 1e3
-    report = run_bench(model, audio, sample_rate=sample_rate, repeat=args.repeat, warmup=args.warmup,
-                       fixed_tokens=args.fixed_tokens, max_new_tokens=args.max_new_tokens, window=args.window,
-                       source=source, vad=_vad(args))
-    report["load_wall_ms"] = load_wall_ms
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(format_report(report))
-    return 0

@@ -1,9 +1,10 @@
-"""`pylfm eval`: word and character error rates of the model over a JSONL manifest.
+"""Word and character error rates of the model over a JSONL manifest (the library
+behind ``pylfm eval``).
 
     pylfm eval test.jsonl --model LFM2.5-Audio-1.5B-Q8_0.gguf
     pylfm eval test.jsonl --json > report.json
 
-    >>> from pylfm.evaluate import evaluate, wer, cer
+    >>> from pylfm.measure.evaluate import evaluate, wer, cer
     >>> report = evaluate(model, "test.jsonl")
     >>> report["overall"]["wer"], report["overall"]["rtf"]
 
@@ -42,19 +43,16 @@ insertions still count in the corpus totals.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
-import sys
 import time
 import unicodedata
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, Union
 
-__all__ = ["normalize_text", "wer", "cer", "error_counts", "read_manifest", "evaluate", "NORMALIZATION",
-           "add_arguments", "main"]
+__all__ = ["normalize_text", "wer", "cer", "error_counts", "read_manifest", "evaluate", "NORMALIZATION"]
 
 #: One-line statement of the normalisation, used in the help, the report and the docs.
 NORMALIZATION = ("lower-case, strip punctuation (Unicode categories P*: deleted, so \"it's\" -> \"its\"), "
@@ -310,48 +308,3 @@ def format_table(report: Mapping[str, Any]) -> str:
 
 def _short(path: str, width: int = 40) -> str:
     return path if len(path) <= width else "..." + path[-(width - 3):]
-
-
-# ---------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .cli import add_model_arguments
-
-    p.description = (
-        "Transcribe every entry of a JSONL manifest (lines of {\"audio\": PATH, \"text\": REFERENCE}; "
-        "relative paths are read from the manifest's folder) and report word and character error rates "
-        "per file and overall (corpus-level: total edits / total reference words), plus the real-time "
-        "factor. Normalisation before scoring (default on): " + NORMALIZATION + ". A line that fails "
-        "(bad JSON, missing or unreadable audio) is reported and the run goes on; the exit status is 1 "
-        "if any line failed.")
-    p.add_argument("manifest", help="JSONL file: one {\"audio\": path, \"text\": reference} per line")
-    add_model_arguments(p)
-    p.add_argument("--normalize", dest="normalize", action="store_true", default=True,
-                   help="score after normalising both texts: " + NORMALIZATION + " (default)")
-    p.add_argument("--no-normalize", dest="normalize", action="store_false",
-                   help="score the texts as they are (only whitespace is collapsed)")
-    p.add_argument("--max-new-tokens", type=int, default=512, help="generation limit per window (default 512)")
-    p.add_argument("--window", type=float, default=30.0, help="split recordings longer than this (seconds)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-
-
-def main(args: argparse.Namespace) -> int:
-    from .cli import load_model
-
-    manifest = Path(args.manifest)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest}")
-    model = load_model(args)
-
-    def on_item(entry: Dict[str, Any]) -> None:
-        if "error" in entry:
-            print(f"pylfm eval: line {entry['line']}: {entry['error']}", file=sys.stderr)
-
-    report = evaluate(model, manifest, normalize=args.normalize, on_item=on_item,
-                      max_new_tokens=args.max_new_tokens, window=args.window)
-    report["model"] = str(getattr(model, "model_path", ""))
-    report["device"] = getattr(model, "device", None)
-    if args.json:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
-    else:
-        print(format_table(report))
-    return 1 if report["n_failed"] else 0

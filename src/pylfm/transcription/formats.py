@@ -1,5 +1,5 @@
 """Transcript output: the :class:`Segment` type, writers for plain text, JSON, SRT and
-WebVTT, parsers for SRT and WebVTT, and an atomic file writer.
+WebVTT, parsers for SRT and WebVTT, and `write_output` (atomic, or stdout for ``-``).
 
     >>> segs = [Segment(0, 0.0, 2.5, "Hello there."), Segment(1, 2.5, 4.0, "Hi.")]
     >>> write_output("talk.srt", to_srt(segs))
@@ -13,16 +13,15 @@ cue block early in most players).
 from __future__ import annotations
 
 import dataclasses
-import errno
 import html
 import json
 import os
 import re
-import secrets
-import stat
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
+
+from ..atomic import write_atomic
 
 __all__ = [
     "FORMATS",
@@ -240,13 +239,9 @@ def parse_vtt(text: str) -> List[Segment]:
 
 
 def write_output(path: Union[str, "os.PathLike[str]"], content: Union[str, bytes]) -> None:
-    """Write ``content`` (str as UTF-8) to ``path`` atomically: into a temporary file
-    in the same directory, then renamed over ``path``, so readers never see a partial
-    file and an existing one survives a failed write. ``"-"`` writes to stdout.
-
-    An existing file keeps its permission bits (and owner, where allowed); a symlink is
-    followed, so the file it points to is replaced and the link stays a link. A new
-    file gets the usual ``0o666 & ~umask``.
+    """Write ``content`` (str as UTF-8) to ``path`` atomically (`pylfm.atomic.write_atomic`:
+    readers never see a partial file, an existing one survives a failed write, keeps
+    its permissions, a symlink stays a link). ``"-"`` writes to stdout.
 
     Raises:
         OSError: the file cannot be written (missing or read-only folder, read-only file,
@@ -254,72 +249,12 @@ def write_output(path: Union[str, "os.PathLike[str]"], content: Union[str, bytes
             the temporary file) and nothing is left behind.
     """
     data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-    path = os.fspath(path)
-    if path == "-":
+    if os.fspath(path) == "-":
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    target = os.path.realpath(path)  # through symlinks: replace the file, keep the link
-    try:
-        _write_atomic(target, data)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), path) from None
-
-
-def _write_atomic(target: str, data: bytes) -> None:
-    try:
-        st: "os.stat_result | None" = os.stat(target)
-    except FileNotFoundError:
-        st = None
-    if st is not None:
-        if stat.S_ISDIR(st.st_mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory")
-        if not os.access(target, os.W_OK):  # a rename would get past a read-only file
-            raise PermissionError(errno.EACCES, "Permission denied (the file is read-only)")
-    directory, name = os.path.split(target)
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask set the permissions, as for any new file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            if st is not None:
-                _copy_owner_and_mode(f.fileno(), st)
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _copy_owner_and_mode(fd: int, st: os.stat_result) -> None:
-    if hasattr(os, "fchown") and (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
-        try:
-            os.fchown(fd, st.st_uid, st.st_gid)
-        except OSError:  # only root may give a file away; the mode is what matters
-            pass
-    if hasattr(os, "fchmod"):  # not on Windows, where only a read-only bit exists
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
-
-
-def _fsync_dir(directory: str) -> None:
-    """Makes the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(path, data)
 
 
 # ---------------------------------------------------------------------------------

@@ -22,12 +22,12 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import _core
-from .errors import PylfmError, TranscriptionCancelled, TranscriptionTimeout
+from .. import _core
+from ..engine.prompt import prompt_parts
+from ..errors import PylfmError, TranscriptionCancelled, TranscriptionTimeout
 from .formats import Segment
 from .loop_guard import avg_logprob, best_attempt, compression_ratio
 from .options import TranscribeOptions
-from .prompt import prompt_parts
 from .results import Timings, Transcription, TranscriptionInfo, worst_stop
 
 _POLL_S = 0.05  # how often a waiting consumer looks at its cancel event / deadline

@@ -1,6 +1,6 @@
 """`TranscribeOptions`: every option of a transcription, validated once, shared by
 `Model.transcribe`, `transcribe_segments`, `transcribe_batch`, `submit`, the CLI, the
-server, ``bench`` and ``eval``."""
+server, ``bench``, ``eval`` and corpus jobs; `fixed_tokens` for benchmarks."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .audio import MIN_SAMPLES_16K, SAMPLE_RATE
+from ..audio.load import MAX_WINDOW_S, MIN_SAMPLES_16K, SAMPLE_RATE
+from ..engine.prompt import ASR_SYSTEM_PROMPT
+from ..vad import VAD_METHODS, VadOptions
 from .loop_guard import LoopGuard
-from .prompt import ASR_SYSTEM_PROMPT
 
 DEFAULT_WINDOW_S = 30.0
 #: The shortest ``window`` / ``max_segment``: two encoder frames (0.16 s), the least
 #: `pylfm.vad.plan_windows` can cut into pieces of at least one frame (80 ms) each.
 MIN_WINDOW_S = 2 * MIN_SAMPLES_16K / SAMPLE_RATE
-# llama.cpp's LFM2A encoder has a fixed relative-position table: one audio chunk may not
-# exceed ~327 s, or the process aborts. Stay well below.
-MAX_WINDOW_S = 300.0
 DEFAULT_MAX_NEW_TOKENS = 512
-VAD_METHODS = ("silero", "energy", None)
 
 
 @dataclass(frozen=True)
@@ -88,8 +85,6 @@ class TranscribeOptions:
         if self.vad not in VAD_METHODS:
             raise ValueError(f"vad must be one of 'silero', 'energy' or None, got {self.vad!r}")
         if self.vad_options is not None:
-            from .vad import VadOptions
-
             if not isinstance(self.vad_options, VadOptions):
                 raise TypeError(f"vad_options must be a pylfm.VadOptions or None, got {type(self.vad_options).__name__}")
         if self.loop_guard is not None and not isinstance(self.loop_guard, LoopGuard):
@@ -105,6 +100,13 @@ class TranscribeOptions:
     def segment_limit(self) -> float:
         """The longest window the planner may make."""
         return self.max_segment or self.window
+
+
+def fixed_tokens(n: int) -> "dict[str, Any]":
+    """The options that make every window generate exactly ``n`` tokens, ignoring
+    end-of-generation (and the loop guard, which would stop a repetitive one): the same
+    work on every run, for benchmarks (``--fixed-tokens N``)."""
+    return dict(max_new_tokens=n, ignore_eos=True, loop_guard=None)
 
 
 _C_INT_MAX = 2**31 - 1  # the engine keeps counts in C ints

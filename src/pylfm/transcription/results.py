@@ -1,5 +1,5 @@
 """What a transcription returns: `Transcription`, `TranscriptionInfo`, `Timings`
-(`Segment` lives in pylfm.formats with the writers that render it)."""
+(`Segment` lives in `pylfm.transcription.formats` with the writers that render it)."""
 
 from __future__ import annotations
 

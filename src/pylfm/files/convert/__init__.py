@@ -1,6 +1,6 @@
 """Convert a liquid-audio LFM2-Audio checkpoint to the two GGUFs llama.cpp loads.
 
-    from pylfm.converter import convert
+    from pylfm.files.convert import convert
     result = convert("LFM2.5-Audio-1.5B", outtype="q8_0")
     result.model_path   # LFM2.5-Audio-1.5B/LFM2.5-Audio-1.5B-Q8_0.gguf        (arch lfm2)
     result.mmproj_path  # LFM2.5-Audio-1.5B/mmproj-LFM2.5-Audio-1.5B-Q8_0.gguf (projector lfm2a)
@@ -8,7 +8,7 @@
 
 Every tensor of the checkpoint is accounted for: written to the text model, written
 to the mmproj (possibly folded into another tensor), written to the speech-output
-GGUFs (``vocoder-*`` / ``tokenizer-*``, see converter/speech.py), or deliberately
+GGUFs (``vocoder-*`` / ``tokenizer-*``, see files/convert/speech.py), or deliberately
 skipped. A tensor the converter does not know is an error, as is a missing one or one
 whose shape disagrees with config.json. ``plan()`` returns that accounting without
 writing anything.
@@ -16,14 +16,13 @@ writing anything.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from ..errors import ConversionError
+from ...atomic import AtomicFile, check_writable_dir, commit_all
+from ...errors import ConversionError
 from .checkpoint import Checkpoint
 from .mmproj import EncoderHParams, mmproj_writer, plan_mmproj, quantize_mmproj
 from .speech import (DETOKENIZER_DIR, SpeechPlan, check_speech_outtype, has_speech, plan_speech, speech_paths,
@@ -157,9 +156,7 @@ def output_paths(outdir: str | Path, name: str, outtype: str) -> tuple[Path, Pat
 
 def _ensure_writable(outdir: Path) -> None:
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=outdir):
-            pass
+        check_writable_dir(outdir)
     except OSError as e:
         raise ConversionError(f"cannot write to {outdir} ({e.strerror or e}); choose another output "
                               "directory (outdir=...)") from e
@@ -174,18 +171,17 @@ def _refuse_existing(paths: list[Path], force: bool) -> None:
 
 
 def _write_all(jobs: list[tuple[Path, Callable[[], object], list[OutTensor]]], progress: bool) -> None:
-    """Write every (path, writer factory, tensors) to temporary files, then rename them all
+    """Write every (path, writer factory, tensors) to temporary files, then move them all
     into place; on any failure the temporary files are removed and nothing is replaced."""
-    done: list[tuple[Path, Path]] = []
+    outs = [AtomicFile(path) for path, _, _ in jobs]  # a read-only target fails before any work
     try:
-        for path, make_writer, tensors in jobs:
-            done.append((write_gguf(make_writer(), tensors, path, progress=progress, desc=path.name), path))
+        for out, (path, make_writer, tensors) in zip(outs, jobs):
+            write_gguf(make_writer(), tensors, out, progress=progress, desc=path.name)
     except BaseException:
-        for tmp, _ in done:
-            tmp.unlink(missing_ok=True)
+        for out in outs:
+            out.discard()
         raise
-    for tmp, path in done:
-        os.replace(tmp, path)
+    commit_all(outs)
 
 
 def convert(checkpoint_dir: str | Path, outdir: str | Path | None = None, outtype: str = "f16",

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConversionError
+from ...errors import ConversionError
 
 ARCHITECTURE = "Lfm2AudioForConditionalGeneration"
 
@@ -50,7 +50,7 @@ class TensorRef:
     nbytes: int
 
 
-def _read_safetensors_header(path: Path) -> dict[str, TensorRef]:
+def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
     try:
         with open(path, "rb") as f:
             raw_len = f.read(8)
@@ -157,7 +157,7 @@ class Checkpoint:
                 "model.safetensors.index.json with its shards")
         refs: dict[str, TensorRef] = {}
         for fname in files:
-            for name, ref in _read_safetensors_header(self.dir / fname).items():
+            for name, ref in read_safetensors_header(self.dir / fname).items():
                 if weight_map and weight_map.get(name) != fname:
                     continue  # the index decides which shard owns a tensor
                 refs[name] = ref

@@ -22,7 +22,6 @@ refused here rather than producing a file that computes something else.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,7 +32,8 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 
-from ..errors import ConversionError
+from ...atomic import AtomicFile
+from ...errors import ConversionError
 from .checkpoint import Checkpoint
 from .writer import FILE_TYPES, OutTensor, check_outtype, mmproj_tensor_type, write_gguf
 
@@ -270,6 +270,5 @@ def quantize_mmproj(src: str | Path, dst: str | Path, outtype: str, *, force: bo
         build = partial(_dequantized, t.data, t.tensor_type, shape)
         tensors.append(OutTensor(t.name, (t.name,), shape, mmproj_tensor_type(t.name, shape, outtype), build))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = write_gguf(w, tensors, dst, progress=progress, desc=dst.name)
-    os.replace(tmp, dst)
+    write_gguf(w, tensors, AtomicFile(dst), progress=progress, desc=dst.name).commit()
     return dst

@@ -28,8 +28,8 @@ from typing import Any, Optional
 
 import gguf
 
-from ..errors import ConversionError
-from .checkpoint import Checkpoint, _read_safetensors_header
+from ...errors import ConversionError
+from .checkpoint import Checkpoint, read_safetensors_header
 from .text_model import lfm2_ff_dim, lfm2_shapes
 from .writer import OutTensor, QType
 
@@ -85,7 +85,7 @@ class DetokenizerCheckpoint:
             self.config: dict[str, Any] = json.loads(cfg.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ConversionError(f"cannot read {cfg}: {e}") from e
-        self.tensors = _read_safetensors_header(weights)
+        self.tensors = read_safetensors_header(weights)
 
     # the same lazy, memory-mapped reading and checking as the main checkpoint
     shape = Checkpoint.shape

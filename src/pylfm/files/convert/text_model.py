@@ -16,7 +16,7 @@ from typing import Any
 
 import gguf
 
-from ..errors import ConversionError
+from ...errors import ConversionError
 from .checkpoint import Checkpoint
 from .vocab import add_vocab
 from .writer import FILE_TYPES, OutTensor, text_tensor_type

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gguf import GGUFWriter, SpecialVocab, TokenType
 
-from ..errors import ConversionError
+from ...errors import ConversionError
 
 PRE_TOKENIZER = "lfm2"
 

@@ -3,13 +3,13 @@
 gguf-py's ``GGUFWriter`` can take every tensor's name, shape and type up front
 (``add_tensor_info``) and the data afterwards one tensor at a time
 (``write_tensor_data``), so a conversion never holds more than one tensor in memory.
-The file is written under a temporary name in the output directory and only renamed
-into place by the caller once everything succeeded: no partial GGUF is ever left.
+The file is written into a `pylfm.atomic.AtomicFile` (a temporary name in the output
+directory) that the caller commits once everything succeeded: no partial GGUF is ever
+left.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +19,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
-from ..errors import ConversionError
+from ...atomic import AtomicFile
+from ...errors import ConversionError
 
 QType = GGMLQuantizationType
 
@@ -107,26 +108,21 @@ class OutTensor:
         return quantize(np.ascontiguousarray(data, dtype=np.float32), self.qtype)
 
 
-def temp_path_for(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+def write_gguf(writer: GGUFWriter, tensors: Sequence[OutTensor], out: AtomicFile, *,
+                progress: bool, desc: str) -> AtomicFile:
+    """Write ``writer``'s metadata and ``tensors`` into ``out``'s temporary file.
 
-
-def write_gguf(writer: GGUFWriter, tensors: Sequence[OutTensor], path: Path, *,
-               progress: bool, desc: str) -> Path:
-    """Write ``writer``'s metadata and ``tensors`` to a temporary file next to ``path``.
-
-    Returns the temporary path; the caller renames it into place (os.replace) once
-    every file of the conversion is complete. On any failure the temporary file is
-    removed and the exception propagates.
+    The caller commits ``out`` (`pylfm.atomic.commit_all`) once every file of the
+    conversion is complete. On any failure ``out`` is discarded (its temporary file
+    removed) and the exception propagates.
     """
-    tmp = temp_path_for(path)
     for t in tensors:
         dtype, shape, nbytes = t.stored()
         raw = None if t.qtype in (QType.F32, QType.F16) else t.qtype
         writer.add_tensor_info(t.name, shape, dtype, nbytes, raw_dtype=raw)
     total = sum(t.stored()[2] for t in tensors)
     try:
-        writer.write_header_to_file(tmp)
+        writer.write_header_to_file(Path(out.tmp))
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         from tqdm import tqdm
@@ -141,6 +137,6 @@ def write_gguf(writer: GGUFWriter, tensors: Sequence[OutTensor], path: Path, *,
         writer.close()
     except BaseException:
         writer.close()
-        tmp.unlink(missing_ok=True)
+        out.discard()
         raise
-    return tmp
+    return out
