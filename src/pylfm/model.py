@@ -22,8 +22,7 @@ import numpy as np
 
 from .audio.load import load_audio
 from .engine.device import available_cpus, check_device
-from .engine.log import drain_llama_log
-from .engine.native import open_engine
+from .engine.native import call_engine, open_engine
 from .engine.prompt import ASR_SYSTEM_PROMPT, prompt_parts
 from .engine.scheduler import Scheduler
 from .engine.speech import SpeechRuntime
@@ -314,14 +313,7 @@ class Model:
         return load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate, max_duration=max_duration)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return self.scheduler.call(lambda: fn(*args))  # on the engine's thread, like all compute
-        except ValueError as e:
-            raise PylfmError(str(e)) from None
-        except RuntimeError as e:
-            raise PylfmError(f"inference failed: {e}") from None
-        finally:
-            drain_llama_log()
+        return call_engine(self.scheduler, lambda: fn(*args))  # on the engine's thread, like all compute
 
 
 # ---------------------------------------------------------------------- module helpers

@@ -1,13 +1,13 @@
 """Opening the native engine (``_core.Engine``: the text GGUF and the mmproj loaded once)
-with the checks and error messages a user can act on."""
+with the checks and error messages a user can act on, and calling into it."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, Type
 
 from .. import _core
-from ..errors import DeviceError, ModelLoadError
+from ..errors import DeviceError, ModelLoadError, PylfmError
 from .log import drain_llama_log, set_verbose
 from .prompt import MEDIA_MARKER
 
@@ -41,6 +41,22 @@ def open_engine(model_path: Path, mmproj_path: Path, *, n_threads: int, device: 
     if _core.media_marker() != MEDIA_MARKER:  # pragma: no cover - guards a llama.cpp change
         raise ModelLoadError("this llama.cpp uses another media marker; reinstall pylfm")
     return engine
+
+
+def call_engine(scheduler: Any, fn: Callable[[], Any], cancel: Any = None, *,
+                invalid: Type[PylfmError] = PylfmError, failure: str = "inference failed") -> Any:
+    """Runs ``fn()`` on the engine's thread (`Scheduler.call`) and returns its result,
+    with the native errors as pylfm's: a ValueError (the request cannot run: too long,
+    ...) as ``invalid``, a RuntimeError (the engine failed) as PylfmError("<failure>:
+    ..."). llama.cpp's log is drained after."""
+    try:
+        return scheduler.call(fn, cancel)
+    except ValueError as e:
+        raise invalid(str(e)) from None
+    except RuntimeError as e:
+        raise PylfmError(f"{failure}: {e}") from None
+    finally:
+        drain_llama_log()
 
 
 def check_pair(model_path: Path, mmproj_path: Path) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from .. import _core
-from ..errors import ModelLoadError, PylfmError, SpeechError
+from ..errors import ModelLoadError, SpeechError
 from .log import drain_llama_log
+from .native import call_engine
 from .scheduler import Scheduler
 
 PathArg = Optional[Union[str, os.PathLike]]
@@ -76,14 +77,7 @@ class SpeechRuntime:
 
         Raises SpeechError when the request cannot run (too long, ...), PylfmError when
         the engine fails, and whatever ``fn``'s event callback raised."""
-        try:
-            return self.scheduler.call(fn, cancel)
-        except ValueError as e:
-            raise SpeechError(str(e)) from None
-        except RuntimeError as e:
-            raise PylfmError(f"speech generation failed: {e}") from None
-        finally:
-            drain_llama_log()
+        return call_engine(self.scheduler, fn, cancel, invalid=SpeechError, failure="speech generation failed")
 
 def check_speech_files(vocoder: Path, detokenizer: Path) -> None:
     """SpeechError unless ``vocoder`` is an audio-head GGUF and ``detokenizer`` an

@@ -35,7 +35,7 @@ from gguf.quants import dequantize
 from ...atomic import AtomicFile
 from ...errors import ConversionError
 from .checkpoint import Checkpoint
-from .writer import FILE_TYPES, OutTensor, check_outtype, mmproj_tensor_type, write_gguf
+from .writer import OUTTYPES, OutTensor, check_outtype, file_type, mmproj_tensor_type, write_gguf
 
 PROJECTOR = gguf.VisionProjectorType.LFM2A  # "lfm2a"
 AUDIO_VOCAB = 2048 + 1  # liquid-audio: audio codes per codebook + end-of-audio
@@ -207,7 +207,7 @@ def mmproj_writer(hp: EncoderHParams, name: str, outtype: str) -> gguf.GGUFWrite
     w = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
     w.add_type(gguf.GGUFType.MMPROJ)
     w.add_name(name)
-    w.add_file_type(FILE_TYPES[outtype])
+    w.add_file_type(file_type(OUTTYPES[outtype]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_clip_has_audio_encoder(True)
     w.add_clip_projector_type(PROJECTOR)
@@ -262,7 +262,7 @@ def quantize_mmproj(src: str | Path, dst: str | Path, outtype: str, *, force: bo
         vtype = field.types[0]
         sub = field.types[-1] if vtype == GGUFValueType.ARRAY else None
         w.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
-    w.add_file_type(FILE_TYPES[outtype])
+    w.add_file_type(file_type(OUTTYPES[outtype]))
 
     tensors: list[OutTensor] = []
     for t in reader.tensors:

@@ -31,7 +31,7 @@ import gguf
 from ...errors import ConversionError
 from .checkpoint import Checkpoint, read_safetensors_header
 from .text_model import lfm2_ff_dim, lfm2_shapes
-from .writer import OutTensor, QType
+from .writer import OUTTYPES, OutTensor, QType, check_outtype, file_type, weight_type
 
 # The architecture string of Liquid's vocoder GGUFs (llama.cpp refuses to run it as an LLM).
 VOCODER_ARCH = "this model cannot be used as LLM, use it via --model-vocoder in TTS examples"
@@ -40,34 +40,17 @@ DETOK_CODES = 2048  # the detokenizer's table has no end-of-audio row
 DEPTH_HEADS, DEPTH_KV_HEADS = 32, 8  # liquid-audio's MHA defaults, which the depthformer uses
 DETOKENIZER_DIR = "audio_detokenizer"
 
-SPEECH_OUTTYPES: dict[str, QType] = {
-    "f32": QType.F32, "f16": QType.F16, "bf16": QType.BF16, "q8_0": QType.Q8_0, "q4_0": QType.Q4_0,
-}
-_FILE_TYPES = {
-    "f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-    "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-}
+SPEECH_OUTTYPES: dict[str, QType] = {**OUTTYPES, "q4_0": QType.Q4_0}
 
 
 def check_speech_outtype(outtype: str) -> str:
-    key = outtype.lower()
-    if key not in SPEECH_OUTTYPES:
-        raise ConversionError(f"unknown outtype {outtype!r} for the speech GGUFs; choose one of "
-                              f"{', '.join(SPEECH_OUTTYPES)}")
-    return key
-
-
-def _weight_type(shape: tuple[int, ...], outtype: str) -> QType:
-    qtype = SPEECH_OUTTYPES[outtype]
-    block = gguf.GGML_QUANT_SIZES[qtype][0]
-    return QType.F16 if shape[-1] % block else qtype
+    return check_outtype(outtype, SPEECH_OUTTYPES, " for the speech GGUFs")
 
 
 def _tensor_type(name: str, shape: tuple[int, ...], outtype: str) -> QType:
     if len(shape) <= 1 or not name.endswith(".weight") or "norm" in name or ".conv." in name:
         return QType.F32
-    return _weight_type(shape, outtype)
+    return weight_type(shape, SPEECH_OUTTYPES[outtype])
 
 
 # ---------------------------------------------------------------------- the detokenizer
@@ -203,7 +186,7 @@ def tokenizer_writer(hp: DetokHParams, name: str, outtype: str) -> gguf.GGUFWrit
     w = gguf.GGUFWriter(path=None, arch=arch)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(f"{name} audio detokenizer")
-    w.add_file_type(_FILE_TYPES[outtype])
+    w.add_file_type(file_type(SPEECH_OUTTYPES[outtype]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_context_length(hp.context)
     w.add_embedding_length(hp.hidden)
@@ -314,7 +297,7 @@ def plan_vocoder(ckpt: Checkpoint, det: DetokenizerCheckpoint, outtype: str) -> 
 def vocoder_writer(hp: VocoderHParams, name: str, outtype: str) -> gguf.GGUFWriter:
     w = gguf.GGUFWriter(path=None, arch=VOCODER_ARCH)
     w.add_name(f"{name} audio head")
-    w.add_uint32("general.file_type", int(_FILE_TYPES[outtype]))
+    w.add_uint32("general.file_type", int(file_type(SPEECH_OUTTYPES[outtype])))
     w.add_uint32("depthformer_n_layer", hp.n_layer)
     w.add_uint32("depthformer_n_embd", hp.dim)
     return w

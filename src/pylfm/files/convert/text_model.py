@@ -19,7 +19,7 @@ import gguf
 from ...errors import ConversionError
 from .checkpoint import Checkpoint
 from .vocab import add_vocab
-from .writer import FILE_TYPES, OutTensor, text_tensor_type
+from .writer import OUTTYPES, OutTensor, file_type, text_tensor_type
 
 ARCH = gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LFM2]  # "lfm2"
 LAYER_KINDS = ("conv", "full_attention")
@@ -156,7 +156,7 @@ def text_writer(ckpt: Checkpoint, hp: TextHParams, name: str, outtype: str) -> g
     w = gguf.GGUFWriter(path=None, arch=ARCH)
     w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
-    w.add_file_type(FILE_TYPES[outtype])
+    w.add_file_type(file_type(OUTTYPES[outtype]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_context_length(hp.context)
     w.add_embedding_length(hp.hidden)

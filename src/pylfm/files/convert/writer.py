@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFWriter, LlamaFileType
 from gguf.quants import quant_shape_to_byte_shape, quantize
 
 from ...atomic import AtomicFile
@@ -31,28 +31,27 @@ OUTTYPES: dict[str, QType] = {
     "q8_0": QType.Q8_0,
 }
 
-FILE_TYPES: dict[str, LlamaFileType] = {
-    "f32": LlamaFileType.ALL_F32,
-    "f16": LlamaFileType.MOSTLY_F16,
-    "bf16": LlamaFileType.MOSTLY_BF16,
-    "q8_0": LlamaFileType.MOSTLY_Q8_0,
-}
+
+def file_type(qtype: QType) -> LlamaFileType:
+    """``general.file_type`` of a GGUF whose weights are stored as ``qtype`` (gguf's copy
+    of llama.h's llama_ftype)."""
+    return LlamaFileType.ALL_F32 if qtype == QType.F32 else LlamaFileType[f"MOSTLY_{qtype.name}"]
 
 
-def check_outtype(outtype: str) -> str:
+def check_outtype(outtype: str, types: dict[str, QType] = OUTTYPES, what: str = "") -> str:
+    """``outtype`` in lower case; ConversionError unless it is one of ``types``
+    (``what`` says which files, e.g. " for the speech GGUFs")."""
     key = outtype.lower()
-    if key not in OUTTYPES:
-        raise ConversionError(f"unknown outtype {outtype!r}; choose one of {', '.join(OUTTYPES)}")
+    if key not in types:
+        raise ConversionError(f"unknown outtype {outtype!r}{what}; choose one of {', '.join(types)}")
     return key
 
 
-def _weight_type(shape: Sequence[int], outtype: str) -> QType:
-    """The outtype for a quantizable weight; Q8_0 needs rows in blocks of 32 (else F16,
-    as llama.cpp's converter falls back)."""
-    qtype = OUTTYPES[outtype]
-    if qtype == QType.Q8_0 and shape[-1] % 32 != 0:
-        return QType.F16
-    return qtype
+def weight_type(shape: Sequence[int], qtype: QType) -> QType:
+    """``qtype`` for a quantizable weight, or F16 when its rows do not split into
+    ``qtype``'s blocks (as llama.cpp's converter falls back)."""
+    block = GGML_QUANT_SIZES[qtype][0]
+    return QType.F16 if shape[-1] % block else qtype
 
 
 def text_tensor_type(name: str, shape: Sequence[int], outtype: str) -> QType:
@@ -63,7 +62,7 @@ def text_tensor_type(name: str, shape: Sequence[int], outtype: str) -> QType:
         return QType.F32
     if ".shortconv.conv." in name:
         return QType.F32
-    return _weight_type(shape, outtype)
+    return weight_type(shape, OUTTYPES[outtype])
 
 
 def mmproj_tensor_type(name: str, shape: Sequence[int], outtype: str) -> QType:
@@ -76,7 +75,7 @@ def mmproj_tensor_type(name: str, shape: Sequence[int], outtype: str) -> QType:
         # clip.cpp reads only this table's shape (projection width, longest input);
         # keep it a float type but don't spend F32 (llama.cpp's choice) on it.
         return {"f32": QType.F32, "bf16": QType.BF16}.get(outtype, QType.F16)
-    return _weight_type(shape, outtype)
+    return weight_type(shape, OUTTYPES[outtype])
 
 
 @dataclass
