@@ -15,7 +15,7 @@ import logging
 import sys
 from typing import List, NoReturn, Optional
 
-from .errors import EXIT_USAGE, json_error, report
+from .errors import EXIT_USAGE, CommandError, json_error, report
 
 # command name -> help; its module is pylfm.cli.<name>
 COMMANDS = {
@@ -92,8 +92,7 @@ class _MissingExtra:
 
     def main(self, args: argparse.Namespace) -> int:
         extra = EXTRAS[self.name]
-        print(f"pylfm {self.name} needs the {extra} extra: pip install \"pylfm[{extra}]\" ({self.error})", file=sys.stderr)
-        return EXIT_USAGE
+        raise CommandError(f"needs the {extra} extra: pip install \"pylfm[{extra}]\" ({self.error})")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import SpeechError
-from ..speech.voices import CHAT_SYSTEM_PROMPT, CHAT_TEMPERATURE, CHAT_TOP_K, MODES
+from ..speech.voices import CHAT_MAX_NEW_TOKENS, CHAT_SYSTEM_PROMPT, CHAT_TEMPERATURE, CHAT_TOP_K, MODES
 from .options import MAX_NEW_TOKENS, SYSTEM, add_speech_model_arguments, show_progress
 from .speak import add_max_duration, add_output_arguments, add_sampling_arguments, load_speech_model, report
 
@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="interleaved (text and audio in a fixed pattern, default) or sequential")
     SYSTEM.add(g, default=None, help=f"system prompt (default: {CHAT_SYSTEM_PROMPT!r})")
     add_sampling_arguments(g, CHAT_TEMPERATURE, CHAT_TOP_K)
-    MAX_NEW_TOKENS.add(g, default=1024, help="text tokens + audio frames (default 1024)")
+    MAX_NEW_TOKENS.add(g, default=CHAT_MAX_NEW_TOKENS,
+                       help=f"text tokens + audio frames (default {CHAT_MAX_NEW_TOKENS})")
     add_max_duration(g)
     add_output_arguments(p, "reply.wav")
 

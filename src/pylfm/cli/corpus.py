@@ -13,7 +13,7 @@ import json
 
 import ray  # noqa: F401 - imported here so that a missing extra is reported by `pylfm corpus`
 
-from ..corpus import FORMATS, transcribe_corpus
+from ..corpus import DEFAULT_MAX_DURATION_S, FORMATS, transcribe_corpus
 from .errors import CommandError
 from .options import (BATCH_SIZE, DEVICE, FIXED_TOKENS, MAX_DURATION, MAX_NEW_TOKENS, MMPROJ, MODEL, PROMPT, QUIET,
                       SYSTEM, THREADS, fixed_tokens_options)
@@ -28,11 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="parquet or jsonl (default: from --out's suffix, else parquet)")
     p.add_argument("--resume", action="store_true", help="skip inputs that already have a row in --out")
     p.add_argument("--path-column", default=None, help="manifest column with the paths (default: path or audio)")
-    MAX_DURATION.add(p, default=4 * 3600.0, help="longer files become error rows (seconds, default 14400; 0 = no limit)")
+    MAX_DURATION.add(p, default=DEFAULT_MAX_DURATION_S,
+                     help=f"longer files become error rows (seconds, default {DEFAULT_MAX_DURATION_S:g}; 0 = no limit)")
     m = p.add_argument_group("model")
     MODEL.add(m, help="text-model GGUF, a folder with both GGUFs, or a hub repo id; every worker must reach it "
                       "(shared path or hub cache)")
-    MMPROJ.add(m)
+    MMPROJ.add(m, help="audio encoder mmproj GGUF (default: next to --model)")
     DEVICE.add(m, default=None, help="model device (default: auto with GPUs, else cpu)")
     BATCH_SIZE.add(m, help="sequences each model decodes at once (default 4)")
     MAX_NEW_TOKENS.add(m)

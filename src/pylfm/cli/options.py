@@ -14,7 +14,8 @@ import sys
 from typing import Any, Dict, Optional
 
 from ..engine.prompt import ASR_SYSTEM_PROMPT
-from ..transcription.options import DEFAULT_MAX_NEW_TOKENS, DEFAULT_WINDOW_S, fixed_tokens
+from ..transcription.options import DEFAULT_MAX_NEW_TOKENS, fixed_tokens
+from ..vad import DEFAULT_WINDOW_S
 
 VAD_CHOICES = ("silero", "energy", "none")  # "none" on the command line is vad=None
 

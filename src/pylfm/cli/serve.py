@@ -17,6 +17,7 @@ import uvicorn
 
 from ..engine.device import available_cpus
 from ..server import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME, create_app
+from ..transcription.options import DEFAULT_CUE_S
 from .options import FIXED_TOKENS, MAX_NEW_TOKENS, VAD, WINDOW, add_model_arguments, load_model, vad_method
 
 log = logging.getLogger("pylfm.server")
@@ -45,8 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = p.add_argument_group("decoding")
     MAX_NEW_TOKENS.add(d)
     WINDOW.add(d)
-    d.add_argument("--max-cue", type=float, default=10.0,
-                   help="window limit for srt/vtt/verbose_json answers, seconds (default 10)")
+    d.add_argument("--max-cue", type=float, default=DEFAULT_CUE_S,
+                   help=f"window limit for srt/vtt/verbose_json answers, seconds (default {DEFAULT_CUE_S:g})")
     VAD.add(d, help="speech detector for long recordings (default silero)")
     FIXED_TOKENS.add(d)
 

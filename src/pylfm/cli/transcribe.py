@@ -12,12 +12,12 @@ from typing import List, Optional
 
 from ..atomic import check_writable_dir
 from ..transcription import formats
+from ..transcription.options import DEFAULT_CUE_S
 from .errors import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, USER_ERRORS, CommandError, StdoutError, describe,
                      input_failure, write_stdout)
 from .options import (JSON, MAX_DURATION, MAX_NEW_TOKENS, PROGRESS, PROMPT, QUIET, SEED, SYSTEM, TEMPERATURE, TOP_K,
                       VAD, WINDOW, add_model_arguments, load_model, show_progress, vad_method)
 
-DEFAULT_CUE_S = 10.0  # the longest subtitle cue, unless --max-segment says otherwise
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -35,7 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..transcription.options import fixed_tokens as fixed_tokens_options
+from ..transcription.options import DEFAULT_MAX_NEW_TOKENS, fixed_tokens as fixed_tokens_options
+from ..vad import DEFAULT_WINDOW_S
 
 __all__ = ["synth_audio", "run_bench", "peak_rss_mb", "format_report"]
 
@@ -126,7 +127,8 @@ def _stats(values: Sequence[float]) -> Dict[str, Optional[float]]:
 
 
 def run_bench(model: Any, audio: Any, *, sample_rate: Optional[int] = None, repeat: int = 3, warmup: int = 1,
-              fixed_tokens: Optional[int] = None, max_new_tokens: int = 512, window: float = 30.0,
+              fixed_tokens: Optional[int] = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+              window: float = DEFAULT_WINDOW_S,
               batch_size: Optional[int] = None, source: Optional[str] = None, vad: Optional[str] = "silero",
               keep_tokens: bool = False) -> Dict[str, Any]:
     """Times ``model.transcribe(audio)`` ``repeat`` times after ``warmup`` runs.

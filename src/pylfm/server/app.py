@@ -46,6 +46,8 @@ from .disconnect import Client, watch_disconnect
 from .errors import APIError, error_body
 from .forms import flag, read_form, temperature
 from .middleware import AuthMiddleware, RequestIdMiddleware, request_id
+from ..transcription.options import DEFAULT_CUE_S, DEFAULT_MAX_NEW_TOKENS
+from ..vad import DEFAULT_WINDOW_S
 from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME, Service
 from .speech import add_speech_routes
 
@@ -135,8 +137,9 @@ def _sse(event: Dict[str, Any]) -> bytes:
 
 # ---------------------------------------------------------------------- the app
 def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: float = 25, queue_size: int = 16,
-               model_name: str = DEFAULT_MODEL_NAME, max_new_tokens: int = 512, window: float = 30.0,
-               max_cue: float = 10.0, max_audio_s: float = DEFAULT_MAX_AUDIO_S,
+               model_name: str = DEFAULT_MODEL_NAME, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               window: float = DEFAULT_WINDOW_S, max_cue: float = DEFAULT_CUE_S,
+               max_audio_s: float = DEFAULT_MAX_AUDIO_S,
                max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, vad: Optional[str] = "silero",
                fixed_tokens: Optional[int] = None):
     """The FastAPI app serving ``model`` (a `pylfm.Model`, shared by all requests).

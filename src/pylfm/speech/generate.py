@@ -24,8 +24,8 @@ from ..engine.speech import SpeechRuntime
 from ..errors import SpeechError
 from .istft import FRAMES_PER_SECOND, SAMPLE_RATE, StreamingISTFT
 from .result import Speech, SpeechChunk
-from .voices import (CHAT_SYSTEM_PROMPT, CHAT_TEMPERATURE, CHAT_TOP_K, DEFAULT_MAX_DURATION, DEFAULT_VOICE, MODES,
-                     TTS_TEMPERATURE, TTS_TOP_K, tts_system_prompt)
+from .voices import (CHAT_MAX_NEW_TOKENS, CHAT_SYSTEM_PROMPT, CHAT_TEMPERATURE, CHAT_TOP_K, DEFAULT_MAX_DURATION,
+                     DEFAULT_VOICE, MODES, TTS_TEMPERATURE, TTS_TOP_K, tts_system_prompt)
 
 
 def _seed(seed: Optional[int]) -> int:
@@ -218,7 +218,7 @@ def _audio_only(chunks: Iterator[SpeechChunk]) -> Iterator[np.ndarray]:
 
 def chat(runtime: SpeechRuntime, audio_or_text: Any, *, mode: str = "interleaved", system: Optional[str] = CHAT_SYSTEM_PROMPT,
          sample_rate: Optional[int] = None, temperature: float = CHAT_TEMPERATURE, top_k: Optional[int] = CHAT_TOP_K,
-         text_temperature: float = 0.0, seed: Optional[int] = None, max_new_tokens: int = 1024,
+         text_temperature: float = 0.0, seed: Optional[int] = None, max_new_tokens: int = CHAT_MAX_NEW_TOKENS,
          max_duration: Optional[float] = None, stream: bool = False, progress: bool = False,
          on_text: Optional[Callable[[str], None]] = None) -> Union[Speech, Iterator[SpeechChunk]]:
     """Speech (or text) in, text and speech out, on ``runtime``: `Model.chat` (see there)."""

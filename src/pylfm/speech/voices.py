@@ -12,6 +12,7 @@ MODES = ("interleaved", "sequential")
 # liquid-audio's README samples audio with these (TTS: 0.8 / 64; chat: 1.0 / 4); text is greedy.
 TTS_TEMPERATURE, TTS_TOP_K = 0.8, 64
 CHAT_TEMPERATURE, CHAT_TOP_K = 1.0, 4
+CHAT_MAX_NEW_TOKENS = 1024  # text tokens + audio frames of an answer
 DEFAULT_MAX_DURATION = 60.0  # seconds of speech per call unless told otherwise
 
 

@@ -10,14 +10,16 @@ from typing import Any, Optional
 
 from ..audio.load import MAX_WINDOW_S, MIN_SAMPLES_16K, SAMPLE_RATE
 from ..engine.prompt import ASR_SYSTEM_PROMPT
-from ..vad import VAD_METHODS, VadOptions
+from ..vad import DEFAULT_WINDOW_S, VAD_METHODS, VadOptions
 from .loop_guard import LoopGuard
 
-DEFAULT_WINDOW_S = 30.0
 #: The shortest ``window`` / ``max_segment``: two encoder frames (0.16 s), the least
 #: `pylfm.vad.plan_windows` can cut into pieces of at least one frame (80 ms) each.
 MIN_WINDOW_S = 2 * MIN_SAMPLES_16K / SAMPLE_RATE
 DEFAULT_MAX_NEW_TOKENS = 512
+#: The longest subtitle cue, in seconds: the window limit of the CLI's srt/vtt output
+#: (unless --max-segment says otherwise) and of the server's srt/vtt/verbose_json answers.
+DEFAULT_CUE_S = 10.0
 
 
 @dataclass(frozen=True)

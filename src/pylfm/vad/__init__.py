@@ -24,11 +24,12 @@ from __future__ import annotations
 
 from .energy import auto_threshold_db, frame_levels_db
 from .options import VadOptions
-from .planner import VAD_METHODS, plan_windows, speech_regions
+from .planner import DEFAULT_WINDOW_S, VAD_METHODS, plan_windows, speech_regions
 
 __all__ = [
     "VadOptions",
     "VAD_METHODS",
+    "DEFAULT_WINDOW_S",
     "plan_windows",
     "speech_regions",
     "frame_levels_db",

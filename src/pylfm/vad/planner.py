@@ -14,9 +14,11 @@ from .regions import Span, cut_long, detect
 
 #: The speech detectors `plan_windows` accepts.
 VAD_METHODS = ("silero", "energy", None)
+#: The most audio decoded at once unless the caller says otherwise, in seconds.
+DEFAULT_WINDOW_S = 30.0
 
 
-def plan_windows(pcm: np.ndarray, rate: int, *, window: float = 30.0, vad: Optional[str] = "silero",
+def plan_windows(pcm: np.ndarray, rate: int, *, window: float = DEFAULT_WINDOW_S, vad: Optional[str] = "silero",
                  options: Optional[VadOptions] = None) -> List[Span]:
     """The sample spans ``[start, end)`` of ``pcm`` to decode, in order, non-overlapping,
     each at most ``window`` seconds and at least one encoder frame (80 ms) long.
