@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from .audio.load import load_audio
+from .audio.load import AudioInput, load_audio
 from .engine.device import available_cpus, check_device
 from .engine.native import call_engine, open_engine
 from .engine.prompt import ASR_SYSTEM_PROMPT, prompt_parts
@@ -36,8 +36,6 @@ from .vad import plan_windows
 
 log = logging.getLogger("pylfm")
 log.addHandler(logging.NullHandler())  # a library stays silent unless the application configures logging
-
-AudioInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
 
 
 class Model:

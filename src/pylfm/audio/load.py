@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import BinaryIO, Optional, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import numpy as np
 import soxr
@@ -67,7 +67,8 @@ MAX_WINDOW_S = 300.0
 #: Channel counts up to this are recognised when guessing a 2-D array's layout.
 _MAX_GUESSED_CHANNELS = 8
 
-AudioInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, np.ndarray]
+#: What `load_audio` (and every Model call) takes; Any: lists and objects with ``__array__`` (torch tensors).
+AudioInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, BinaryIO, np.ndarray, Any]
 
 
 def min_samples(rate: float) -> int:
