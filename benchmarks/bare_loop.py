@@ -13,7 +13,7 @@ baseline for pylfm's wrapper overhead.
 What it does per run, mirroring pylfm's native core call for call:
 
 1. ``mtmd_bitmap_init_from_audio`` on the float32 16 kHz PCM, ``mtmd_tokenize`` of
-   pylfm's exact ASR prompt (``pylfm.prompt.build_prompt("Perform ASR.")``) with
+   pylfm's exact ASR prompt (``pylfm.engine.prompt.build_prompt("Perform ASR.")``) with
    ``add_special=True, parse_special=True``;
 2. ``mtmd_helper_eval_chunks`` (text chunks decoded, the audio chunk encoded by the
    conformer and its embeddings decoded) with logits for the last position;
@@ -189,8 +189,8 @@ def bare_bench(model: str, mmproj: str, pcm: np.ndarray, *, n_threads: int, repe
                fixed_tokens: Optional[int] = None, max_new_tokens: int = 512, n_ctx: int = 2048,
                n_seq_max: int = 1, verbose: bool = False) -> Dict[str, Any]:
     """Loads the model through ctypes and times ``repeat`` runs after ``warmup``."""
-    from pylfm.bench import peak_rss_mb
-    from pylfm.prompt import build_prompt
+    from pylfm.engine.prompt import build_prompt
+    from pylfm.measure.bench import peak_rss_mb
 
     asr = BareASR(model, mmproj, n_threads=n_threads, n_ctx=n_ctx, n_seq_max=n_seq_max, verbose=verbose)
     try:
@@ -244,8 +244,8 @@ def compare(model: str, mmproj: str, pcm: np.ndarray, *, n_threads: int, repeat:
     import logging
 
     import pylfm
-    from pylfm.bench import peak_rss_mb
-    from pylfm.prompt import build_prompt
+    from pylfm.engine.prompt import build_prompt
+    from pylfm.measure.bench import peak_rss_mb
 
     logging.getLogger("pylfm.llama").setLevel(logging.ERROR)  # llama.cpp's load-time chatter
     lfm = pylfm.Model(model, mmproj, device="cpu", n_threads=n_threads, batch_size=batch_size)
@@ -311,7 +311,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--mmproj", required=True, help="mmproj GGUF")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--audio", help="audio file (decoded and resampled with pylfm.audio.load_audio)")
-    src.add_argument("--seconds", type=float, default=None, help="synthetic signal length (pylfm.bench.synth_audio; default 30)")
+    src.add_argument("--seconds", type=float, default=None, help="synthetic signal length (pylfm.measure.bench.synth_audio; default 30)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", "-t", type=int, default=2)
     p.add_argument("--repeat", "-r", type=int, default=3)
@@ -333,7 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         pcm = load_audio(args.audio, target_rate=16000)
     else:
-        from pylfm.bench import synth_audio
+        from pylfm.measure.bench import synth_audio
 
         pcm = synth_audio(30.0 if args.seconds is None else args.seconds, 16000, args.seed)
     if args.compare:

@@ -4,7 +4,7 @@
     python benchmarks/batched_vs_sequential.py --model M.gguf --mmproj mmproj-M.gguf \
         [--minutes 15] [--batch-size 4] [--tokens 64] [--threads 2] [--repeat 1] [--json]
 
-The recording is pylfm.bench.synth_audio's speech-like signal (utterances of tones,
+The recording is pylfm.measure.bench.synth_audio's speech-like signal (utterances of tones,
 chirps and noise bursts between pauses), so the windows are the same in both runs;
 ``--tokens`` fixes the tokens generated per window (end of generation ignored) so
 random-weight checkpoints give comparable work. "Window by window" is
@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import pylfm
-from pylfm.bench import synth_audio
+from pylfm.measure.bench import synth_audio
 
 RATE = 16000
 

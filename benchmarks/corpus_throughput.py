@@ -62,7 +62,7 @@ def make_clips(folder: Path, n: int, seconds: float, seed: int) -> List[str]:
 def tiny_model(work: Path) -> Tuple[str, str]:
     import importlib.util
 
-    from pylfm.converter import convert
+    from pylfm.files.convert import convert
 
     spec = importlib.util.spec_from_file_location("make_tiny_checkpoint", ROOT / "tools" / "make_tiny_checkpoint.py")
     tool = importlib.util.module_from_spec(spec)

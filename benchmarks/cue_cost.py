@@ -6,7 +6,7 @@
 
 The model has no timestamps, so pylfm gets cue-sized segments by planning shorter
 windows (whole speech regions, at most 10 s) and decoding them batched like any others.
-The audio is the same in both runs (pylfm.bench.synth_audio's speech-like signal, energy
+The audio is the same in both runs (pylfm.measure.bench.synth_audio's speech-like signal, energy
 detector); a real model writes text in proportion to the speech, so each window
 generates ``--tokens-per-second`` x its longest allowed length (end of generation
 ignored): both runs produce about the same number of text tokens, and the difference
@@ -21,7 +21,7 @@ import json
 import time
 
 import pylfm
-from pylfm.bench import synth_audio
+from pylfm.measure.bench import synth_audio
 
 RATE = 16000
 

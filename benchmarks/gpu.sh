@@ -73,7 +73,7 @@ if step build; then
   run build-pylfm pip_install "$PY" -m pip install --no-build-isolation ".[test]"
   "$PY" - <<'EOF' | tee "$OUT/build-check.log"
 import pylfm
-from pylfm.device import gpu_devices
+from pylfm.engine.device import gpu_devices
 info = pylfm.system_info()
 gpus = [g for g in gpu_devices(info) if g["kind"] == "cuda"]
 print("backends:", info["backends"], "| CUDA devices:", [(g["name"], g["description"]) for g in gpus])

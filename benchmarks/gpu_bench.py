@@ -124,7 +124,7 @@ def _num(text: str) -> float:
 def pylfm_worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """In the child: load pylfm on the GPU and time it."""
     import pylfm
-    from pylfm.bench import run_bench, synth_audio
+    from pylfm.measure.bench import run_bench, synth_audio
 
     t0 = time.perf_counter()
     model = pylfm.Model(cfg["model"], cfg["mmproj"], device=cfg["device"], batch_size=cfg["batch"],
@@ -163,7 +163,7 @@ def run_child(cmd: List[str], gpu: int, timeout: float) -> Dict[str, Any]:
 def same_work(seconds: float, folder: Path):
     """pylfm's benchmark audio and its windows, as files liquid_audio_speed.py reads."""
     import numpy as np
-    from pylfm.bench import synth_audio
+    from pylfm.measure.bench import synth_audio
     from pylfm.vad import plan_windows
 
     pcm = synth_audio(seconds, 16000, 0)
@@ -278,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         prepare(args.checkpoint, args.model_dir, quants, None)
     gpu_index = int(args.device.partition(":")[2] or 0)
     facts = gpu_facts(gpu_index)
-    from pylfm.bench import _cpu_name
+    from pylfm.measure.bench import _cpu_name
 
     res: Dict[str, Any] = {
         "environment": {"date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "gpu": facts, "cpu": _cpu_name()},

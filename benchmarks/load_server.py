@@ -48,9 +48,9 @@ import httpx
 
 
 def make_audio(seconds: float, rate: int = 16000) -> bytes:
-    """pylfm.bench.synth_audio's speech-like signal as a WAV file."""
+    """pylfm.measure.bench.synth_audio's speech-like signal as a WAV file."""
     import soundfile as sf
-    from pylfm.bench import synth_audio
+    from pylfm.measure.bench import synth_audio
 
     buf = io.BytesIO()
     sf.write(buf, synth_audio(seconds, rate), rate, format="WAV", subtype="PCM_16")

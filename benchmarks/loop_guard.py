@@ -8,7 +8,7 @@ Without ``--model`` it builds tools/make_looping_checkpoint.py's tiny random mod
 backbone scaled down so that greedy decoding drifts into "such such such ...") and
 converts it (F32) with pylfm's converter in a temporary directory, as the tests'
 ``looping_gguf`` fixture does. ``--clips`` short clips (noise, harmonic tones and
-pylfm.bench.synth_audio's speech-like signal, fixed seed; one window each) are
+pylfm.measure.bench.synth_audio's speech-like signal, fixed seed; one window each) are
 transcribed together twice in one process, same ``max_new_tokens``: loop guard off
 (``loop_guard=None``) and on (the default `LoopGuard`), after one untimed warm-up,
 ``--repeat`` times alternated (the median wall time is reported).
@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 
 import pylfm
-from pylfm.bench import synth_audio
-from pylfm.loop_guard import LoopGuard, compression_ratio
-from pylfm.options import DEFAULT_MAX_NEW_TOKENS
+from pylfm.measure.bench import synth_audio
+from pylfm.transcription.loop_guard import LoopGuard, compression_ratio
+from pylfm.transcription.options import DEFAULT_MAX_NEW_TOKENS
 
 RATE = 16000
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,7 +49,7 @@ KINDS = ("noise", "tone", "speechlike")
 
 def build_model(workdir: Path) -> "tuple[str, str]":
     """The looping tiny checkpoint, converted to F32 GGUFs (what conftest's looping_gguf does)."""
-    from pylfm.converter import convert
+    from pylfm.files.convert import convert
 
     spec = importlib.util.spec_from_file_location("_make_looping_checkpoint", ROOT / "tools" / "make_looping_checkpoint.py")
     tool = importlib.util.module_from_spec(spec)

@@ -6,13 +6,13 @@ pylfm's overhead against a bare llama.cpp C-API loop on the same request.
     python benchmarks/perf_table.py --model-dir models --checkpoint ckpt --out results.json
 
 With ``--checkpoint`` the GGUFs missing from ``--model-dir`` are made first
-(``pylfm.converter.convert`` to F16 and Q8_0, ``pylfm.quantize`` of the F16 model to Q4_0,
+(``pylfm.files.convert.convert`` to F16 and Q8_0, ``pylfm.quantize`` of the F16 model to Q4_0,
 which is paired with the Q8_0 mmproj: mmproj files are F16 or Q8_0). Without it,
 ``--model-dir`` must already hold ``<name>-<TYPE>.gguf`` and ``mmproj-<name>-<TYPE>.gguf``.
 
 Every cell runs in a fresh process (so peak RSS is that configuration's own): a
 warm-up run, then ``--repeat`` measured runs of ``Model.transcribe`` on the
-deterministic synthetic signal of ``pylfm.bench.synth_audio``, generating exactly
+deterministic synthetic signal of ``pylfm.measure.bench.synth_audio``, generating exactly
 ``--fixed-tokens`` tokens per 30 s window (random weights would otherwise stop at
 arbitrary points). For the overhead rows, ``benchmarks/bare_loop.py --compare`` loads
 pylfm and a bare llama.cpp C-API loop (same GGUFs, same context settings) in one
@@ -64,8 +64,8 @@ def find_pair(model_dir: Path, qtype: str) -> Optional[Tuple[Path, Path]]:
 
 def prepare(checkpoint: Path, model_dir: Path, qtypes: List[str], name: Optional[str]) -> None:
     """Converts/quantizes whatever of ``qtypes`` is missing from ``model_dir``."""
-    from pylfm.converter import convert
-    from pylfm.quant import quantize
+    from pylfm.files.convert import convert
+    from pylfm.files.quantize import quantize
 
     model_dir.mkdir(parents=True, exist_ok=True)
     name = name or checkpoint.resolve().name
@@ -91,7 +91,7 @@ def prepare(checkpoint: Path, model_dir: Path, qtypes: List[str], name: Optional
 def worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
     """Runs inside the child process: load pylfm, bench, return the report."""
     import pylfm
-    from pylfm.bench import run_bench, synth_audio
+    from pylfm.measure.bench import run_bench, synth_audio
 
     t0 = time.perf_counter()
     model = pylfm.Model(cfg["model"], cfg["mmproj"], device="cpu", n_threads=cfg["threads"],
@@ -157,7 +157,7 @@ def markdown(results: Dict[str, Any]) -> str:
         "",
         f"Machine: {env['cpu']} ({env['cpu_count']} CPUs), {env['platform']}; pylfm {env['pylfm']}, "
         f"llama-cpp-python {env['llama_cpp_python']}. {_sentence(cfg.get('note'))}Synthetic speech-like audio "
-        f"(`pylfm.bench.synth_audio`), a fixed number of tokens generated per 30 s window (end-of-generation "
+        f"(`pylfm.measure.bench.synth_audio`), a fixed number of tokens generated per 30 s window (end-of-generation "
         f"ignored), batch size {cfg['batch_size']}, `device=\"cpu\"`. Times are medians over the runs shown "
         f"(after the warm-up runs); RTF = wall time / audio duration (lower is faster); peak RSS is the "
         f"process's.",
@@ -208,7 +208,7 @@ def markdown(results: Dict[str, Any]) -> str:
 def _environment() -> Dict[str, Any]:
     import importlib.metadata as md
 
-    from pylfm.bench import _cpu_name
+    from pylfm.measure.bench import _cpu_name
 
     def version(pkg: str) -> str:
         try:

@@ -43,7 +43,7 @@ def tiny_checkpoint(tiny_tool: ModuleType, tmp_path_factory: pytest.TempPathFact
 
 
 def _convert(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory, outtype: str):
-    from pylfm.converter import convert
+    from pylfm.files.convert import convert
 
     return convert(checkpoint, outdir=tmp_path_factory.mktemp(f"gguf-{outtype}"), outtype=outtype,
                    progress=False, with_speech=False)  # ASR only: speech tests convert their own
@@ -71,7 +71,7 @@ def tiny_gguf_q8(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 def looping_gguf(tmp_path_factory: pytest.TempPathFactory):
     """ConvertResult (F32) of a tiny model that falls into repetition loops
     (tools/make_looping_checkpoint.py)."""
-    from pylfm.converter import convert
+    from pylfm.files.convert import convert
 
     ckpt = load_tool("make_looping_checkpoint").make_looping_checkpoint(tmp_path_factory.mktemp("loop") / "looping")
     return convert(ckpt, outdir=tmp_path_factory.mktemp("gguf-loop"), outtype="f32", progress=False)
@@ -104,7 +104,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 def _load_models_on(device: str) -> None:
     import functools
 
-    from pylfm.device import select_device
+    from pylfm.engine.device import select_device
     from pylfm.errors import DeviceError
     from pylfm.model import Model
 
@@ -135,7 +135,7 @@ def device_name(test_device: str) -> str:
     """The first word of `Model.device` for models the tests load: "CPU", "CUDA0", "MTL0"..."""
     if test_device == "cpu":
         return "CPU"
-    from pylfm.device import gpu_devices, select_device
+    from pylfm.engine.device import gpu_devices, select_device
 
     engine = select_device(test_device)
     return next(g["name"] for g in gpu_devices() if g["engine"] == engine)

@@ -1,4 +1,4 @@
-"""pylfm.bench and pylfm.evaluate: the synthetic signal, the measuring loop and its
+"""pylfm.measure.bench and pylfm.measure.evaluate: the synthetic signal, the measuring loop and its
 report, the CLI commands, WER/CER and their normalisation, and manifest handling
 (including lines that fail without ending the run), all scored on the tiny model's
 real transcripts."""
@@ -13,8 +13,8 @@ import soundfile as sf
 import pylfm
 from pylfm import cli
 from pylfm.audio import load_audio
-from pylfm.bench import format_report, run_bench, synth_audio
-from pylfm.evaluate import cer, error_counts, evaluate, format_table, normalize_text, wer
+from pylfm.measure.bench import format_report, run_bench, synth_audio
+from pylfm.measure.evaluate import cer, error_counts, evaluate, format_table, normalize_text, wer
 
 RATE = 16000
 
@@ -31,10 +31,10 @@ def test_synth_audio_is_deterministic_and_speech_like():
 
 
 def test_synth_audio_long_splits_in_pauses_into_full_windows():
-    from pylfm.vad import split_windows
+    from pylfm.vad import plan_windows
 
     x = synth_audio(120.0)
-    windows = split_windows(x, RATE, max_window_s=30.0)
+    windows = plan_windows(x, RATE, window=30.0, vad="energy")
     assert 4 <= len(windows) <= 6
     assert all(b - a <= 30 * RATE for a, b in windows)
     assert sum(b - a for a, b in windows) > 0.95 * len(x)  # the pauses are kept, not dropped

@@ -13,9 +13,9 @@ from gguf import GGMLQuantizationType, GGUFReader, TokenType
 from gguf.quants import dequantize
 from safetensors.numpy import load_file, save_file
 
-from pylfm.converter import ConvertResult, convert, plan, quantize_mmproj
 from pylfm.errors import ConversionError, ModelLoadError
-from pylfm.gguf_info import check_gguf, format_info, inspect_gguf
+from pylfm.files.convert import ConvertResult, convert, plan, quantize_mmproj
+from pylfm.files.inspect import check_gguf, format_info, inspect_gguf
 
 Q = GGMLQuantizationType
 
@@ -123,8 +123,8 @@ def test_tiny_checkpoint_is_deterministic(tiny_tool, tiny_checkpoint: Path, tmp_
 
 def test_full_size_dimensions(tiny_tool) -> None:
     """--full-size describes LFM2.5-Audio-1.5B (checked without writing 3 GB)."""
-    from pylfm.converter.mmproj import encoder_hparams
-    from pylfm.converter.text_model import text_hparams
+    from pylfm.files.convert.mmproj import encoder_hparams
+    from pylfm.files.convert.text_model import text_hparams
 
     config = tiny_tool.make_config(tiny_tool.FULL)
     text = text_hparams(config["lfm"])

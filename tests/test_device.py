@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import pylfm
-from pylfm import device as dev
+from pylfm.engine import device as dev
 from pylfm.errors import DeviceError
 
 RATE = 16000
@@ -167,7 +167,7 @@ def wide_gguf(tiny_tool, tmp_path_factory):
     """The tiny checkpoint with a 128-wide language model instead of 64: ggml-cuda runs
     SSM_CONV only on a multiple of 128 channels (the real model has 2048, the encoder 512),
     so on a GPU the 64-wide tiny model's short convs would fall back to the CPU."""
-    from pylfm.converter import convert
+    from pylfm.files.convert import convert
 
     dims = dict(tiny_tool.TINY, hidden=128)
     saved = dict(tiny_tool.TINY)
@@ -179,7 +179,7 @@ def wide_gguf(tiny_tool, tmp_path_factory):
         tiny_tool.TINY.update(saved)
     assert tiny_tool.TINY["hidden"] == 64
     g = convert(ckpt, outdir=tmp_path_factory.mktemp("wide-gguf"), outtype="f32", progress=False)
-    from pylfm.gguf_info import check_gguf
+    from pylfm.files.inspect import check_gguf
 
     assert check_gguf(g.model_path)["n_embd"] == 128
     return g

@@ -1,16 +1,14 @@
-"""pylfm.formats: timestamps, writers, parsers (round trips) and atomic output."""
+"""pylfm.transcription.formats: timestamps, writers, parsers (round trips) and output
+(the atomic writer itself: test_atomic.py)."""
 
-import errno
 import json
 import os
 import stat
-import sys
 
 import numpy as np
 import pytest
 
-import os_failures
-from pylfm.formats import (
+from pylfm.transcription.formats import (
     Segment,
     format_timestamp,
     parse_srt,
@@ -136,93 +134,6 @@ def test_write_output(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
-
-
-def test_write_output_keeps_mode_and_follows_symlinks(tmp_path):
-    real = tmp_path / "real.srt"
-    real.write_text("old")
-    real.chmod(0o640)
-    link = tmp_path / "link.srt"
-    link.symlink_to("real.srt")
-    write_output(link, "new")
-    assert link.is_symlink() and os.readlink(link) == "real.srt"  # the link stays a link
-    assert real.read_text() == "new"  # the file it points to got the text
-    assert stat.S_IMODE(real.stat().st_mode) == 0o640
-    dangling = tmp_path / "dangling.txt"
-    dangling.symlink_to("made.txt")
-    write_output(dangling, "x")
-    assert dangling.is_symlink() and (tmp_path / "made.txt").read_text() == "x"
-    assert sorted(os.listdir(tmp_path)) == ["dangling.txt", "link.srt", "made.txt", "real.srt"]
-
-
-def test_write_output_errors_name_the_target_and_leave_nothing(tmp_path):
-    (tmp_path / "a.txt").mkdir()
-    with pytest.raises(IsADirectoryError) as e:
-        write_output(tmp_path / "a.txt", "x")
-    assert e.value.filename == str(tmp_path / "a.txt")
-    with pytest.raises(FileNotFoundError) as e:
-        write_output(tmp_path / "missing-dir" / "x.txt", "x")
-    assert e.value.filename == str(tmp_path / "missing-dir" / "x.txt")
-    (tmp_path / "file").write_text("f")
-    with pytest.raises(NotADirectoryError):
-        write_output(tmp_path / "file" / "x.txt", "x")
-    assert sorted(os.listdir(tmp_path)) == ["a.txt", "file"] and os.listdir(tmp_path / "a.txt") == []
-
-
-_WRITE = """
-import json, sys
-from pylfm.formats import write_output
-try:
-    write_output(sys.argv[1], sys.argv[2] * int(sys.argv[3]))
-    print(json.dumps(None))
-except OSError as e:
-    print(json.dumps([type(e).__name__, e.errno, e.filename, str(e)]))
-"""
-
-
-def _write_in_subprocess(path, text, n=1, **kw):
-    p = os_failures.run([sys.executable, "-c", _WRITE, str(path), text, str(n)], **kw)
-    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
-    return json.loads(p.stdout)
-
-
-def test_write_output_disk_full_keeps_the_old_file(tmp_path):
-    """A write that fails half-way (here: past a file-size limit, EFBIG, as on a full
-    disk) leaves the old file as it was and no temporary file."""
-    path = tmp_path / "out.txt"
-    path.write_text("old")
-    err = _write_in_subprocess(path, "x", 100_000, max_file_bytes=4096)
-    assert err is not None and err[0] == "OSError" and err[1] == errno.EFBIG, err
-    assert err[2] == str(path) and ".tmp" not in err[3]
-    assert path.read_text() == "old"
-    assert os.listdir(tmp_path) == ["out.txt"]
-    assert _write_in_subprocess(path, "x", 100, max_file_bytes=4096) is None  # under the limit it works
-    assert path.read_text() == "x" * 100
-
-
-def test_write_output_permission_denied(tmp_path):
-    """Read-only file in a writable folder (a rename could replace it: refused), and a
-    writable file in a read-only folder (no temporary file can be made)."""
-    os_failures.require_permissions(tmp_path)
-    ro_file = tmp_path / "ro.txt"
-    ro_file.write_text("keep")
-    ro_file.chmod(0o444)
-    err = _write_in_subprocess(ro_file, "new", restricted=True)
-    assert err is not None and err[0] == "PermissionError" and err[2] == str(ro_file), err
-    assert ro_file.read_text() == "keep"
-
-    sub = tmp_path / "ro-dir"
-    sub.mkdir()
-    target = sub / "t.txt"
-    target.write_text("keep")
-    sub.chmod(0o555)
-    try:
-        err = _write_in_subprocess(target, "new", restricted=True)
-        assert err is not None and err[0] == "PermissionError" and err[2] == str(target), err
-        assert target.read_text() == "keep" and os.listdir(sub) == ["t.txt"]
-    finally:
-        sub.chmod(0o755)
-    assert sorted(os.listdir(tmp_path)) == ["ro-dir", "ro.txt"]
 
 
 def test_write_output_stdout(capsysbinary):

@@ -16,7 +16,7 @@ import pytest
 
 import pylfm
 from pylfm.live import ConversationError, Reply, TurnDetection
-from pylfm.speech import FRAME_SAMPLES
+from pylfm.speech.istft import FRAME_SAMPLES
 
 RATE = 16000
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,7 +31,7 @@ def tone(seconds: float, freq: float, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def lively_gguf(tiny_tool, tmp_path_factory):
-    from pylfm.converter import convert
+    from pylfm.files.convert import convert
 
     ckpt = tiny_tool.make_checkpoint(tmp_path_factory.mktemp("lively-live") / "lively", seed=0, lively=True)
     return convert(ckpt, outdir=tmp_path_factory.mktemp("lively-live-gguf"), outtype="f32", progress=False)

@@ -11,7 +11,8 @@ import pytest
 import soundfile as sf
 
 import pylfm
-from pylfm import cli, formats
+from pylfm import cli
+from pylfm.transcription import formats
 
 RATE = 16000
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 import pylfm
-import pylfm.job
-from pylfm.loop_guard import LoopGuard, compression_ratio
+import pylfm.transcription.job
+from pylfm.transcription.loop_guard import LoopGuard, compression_ratio
 
 RATE = 16000
 MAX_NEW = 200
@@ -109,14 +109,14 @@ def _expected_choice(attempts):
 
 def test_when_no_attempt_passes_the_best_one_is_kept(model, clips, monkeypatch):
     calls = []
-    real = pylfm.job.best_attempt
+    real = pylfm.transcription.job.best_attempt
 
     def recorded(guard, attempts):  # the real choice, with what it chose from
         chosen = real(guard, attempts)
         calls.append((list(attempts), chosen))
         return chosen
 
-    monkeypatch.setattr(pylfm.job, "best_attempt", recorded)
+    monkeypatch.setattr(pylfm.transcription.job, "best_attempt", recorded)
     preferred_non_looping = all_looped = earlier_kept = 0
     clips = clips[:4]
     for temperatures in ((0.2, 0.4, 0.6, 0.8, 1.0), (0.2,)):

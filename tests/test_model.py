@@ -213,7 +213,7 @@ def test_truncated_gguf(tiny_gguf_f32, tmp_path):
 
 
 def test_model_and_mmproj_from_different_checkpoints(tiny_tool, tiny_gguf_f32, tmp_path, monkeypatch):
-    from pylfm.converter import convert
+    from pylfm.files.convert import convert
 
     monkeypatch.setitem(tiny_tool.TINY, "hidden", 96)  # another LFM width than the tiny model's 64
     other = convert(tiny_tool.make_checkpoint(tmp_path / "other", seed=1), outdir=tmp_path / "gguf",
@@ -300,7 +300,7 @@ def test_env_vars_choose_the_model(tiny_gguf_f32, monkeypatch):
 
 
 def test_hub_file_choice():
-    from pylfm.resolve import pick_files
+    from pylfm.files.resolve import pick_files
 
     names = ["README.md", "LFM2.5-Audio-1.5B-F16.gguf", "LFM2.5-Audio-1.5B-Q8_0.gguf", "LFM2.5-Audio-1.5B-Q4_0.gguf",
              "mmproj-LFM2.5-Audio-1.5B-F16.gguf", "mmproj-LFM2.5-Audio-1.5B-Q8_0.gguf",

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import pylfm
-import pylfm.quant
+import pylfm.files.quantize
 from pylfm import cli
 from pylfm.errors import ConversionError, ModelLoadError
-from pylfm.gguf_info import inspect_gguf
+from pylfm.files.inspect import inspect_gguf
 
 
 def _chirp():
@@ -23,7 +23,7 @@ def test_quantized_text_model_is_smaller_and_loads(tiny_gguf_f32, tmp_path, qtyp
     assert out.stat().st_size < tiny_gguf_f32.model_path.stat().st_size
     assert out.stat().st_mode & 0o777 == tiny_gguf_f32.model_path.stat().st_mode & 0o777  # not mkstemp's 0600
     info = inspect_gguf(out)
-    assert info["file_type"] == pylfm.quant.MODEL_TYPES[qtype]
+    assert info["file_type"] == pylfm.files.quantize.MODEL_TYPES[qtype]
     if "_K" not in qtype:  # k-quants need rows of 256; the tiny model's 64-wide rows fall back
         assert qtype in info["tensor_types"]
     model = pylfm.Model(out, tiny_gguf_f32.mmproj_path, device="cpu", n_threads=2)

@@ -9,7 +9,7 @@ import pytest
 
 import pylfm
 from pylfm.errors import ModelNotFoundError
-from pylfm.resolve import pick_files, resolve
+from pylfm.files.resolve import pick_files, resolve
 
 # The files of the official repositories (Hugging Face file listings; speech output
 # needs the vocoder/tokenizer/audiodecoder files, transcription never does).

@@ -26,8 +26,8 @@ import python_multipart  # noqa: E402,F401
 import uvicorn  # noqa: E402,F401
 
 import pylfm  # noqa: E402
-from pylfm import formats  # noqa: E402
 from pylfm.server import create_app  # noqa: E402
+from pylfm.transcription import formats  # noqa: E402
 
 import serving  # noqa: E402
 

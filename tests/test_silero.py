@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import pylfm
-from pylfm import formats
 from pylfm.audio import load_audio
+from pylfm.transcription import formats
 from pylfm.vad import VadOptions, plan_windows, silero, speech_regions
 
 SR = 16000

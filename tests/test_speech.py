@@ -22,12 +22,16 @@ from gguf import GGMLQuantizationType, GGUFReader
 
 import pylfm
 from pylfm import _core
-from pylfm.converter import ConversionError, convert, convert_speech, plan
-from pylfm.converter.speech import VOCODER_ARCH
-from pylfm.errors import ModelNotFoundError
-from pylfm.prompt import prompt_parts
-from pylfm.resolve import speech_files
-from pylfm.speech import FRAME_SAMPLES, SAMPLE_RATE, Speech, SpeechError, SpeechJob, StreamingISTFT, _params, istft
+from pylfm.engine.prompt import prompt_parts
+from pylfm.errors import ModelNotFoundError, SpeechError
+from pylfm.files.convert import ConversionError, convert, convert_speech, plan
+from pylfm.files.convert.speech import VOCODER_ARCH
+from pylfm.files.resolve import speech_files
+from pylfm.speech.generate import speech_params
+from pylfm.speech.job import SpeechJob
+from pylfm.speech.istft import FRAME_SAMPLES, SAMPLE_RATE, StreamingISTFT, istft
+from pylfm.speech.result import Speech
+from pylfm.speech.voices import tts_system_prompt
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FX = np.load(FIXTURES / "speech.npz")
@@ -80,8 +84,8 @@ def lively(lively_checkpoint, tmp_path_factory):
 def steps(model, mode: str, user_text=None, clip=None, max_new_tokens: int = 64) -> np.ndarray:
     """Every generated step as the fixture stores it: [0, token, 0...] or [1, 8 codes]."""
     parts = prompt_parts(META["chat"]["system"], user_text, n_audio=0 if clip is None else 1)
-    params = _params(interleaved=mode == "interleaved", max_new_tokens=max_new_tokens, detokenize=False)
-    job = model.speech.submit(SpeechJob(parts, [] if clip is None else [clip], params))
+    params = speech_params(interleaved=mode == "interleaved", max_new_tokens=max_new_tokens, detokenize=False)
+    job = model.speech_runtime.submit(SpeechJob(parts, [] if clip is None else [clip], params))
     rows = []
     for c in job.run():
         if c.codes is not None:
@@ -197,7 +201,7 @@ def test_tts_codes_match_liquid_audio(model):
 
 
 def test_depthformer_and_embeddings_match_liquid_audio(model):
-    engine = model.speech
+    engine = model.speech_runtime
     for i in range(len(FX["tts_hidden"])):
         logits = engine.depth_logits(FX["tts_hidden"][i], FX["tts_codes"][i])
         assert np.abs(logits - FX["tts_depth_logits"][i]).max() < 1e-4  # measured 1e-6
@@ -206,7 +210,7 @@ def test_depthformer_and_embeddings_match_liquid_audio(model):
 
 
 def test_detokenizer_waveform_matches_liquid_audio(model):
-    spec = model.speech.detokenize(FX["tts_codes"])
+    spec = model.speech_runtime.detokenize(FX["tts_codes"])
     assert spec.shape == (6 * N_FRAMES, 1282)
     assert np.abs(spec[:len(FX["detok_spec"])] - FX["detok_spec"]).max() < 1e-3
     wave = istft(spec)
@@ -230,7 +234,7 @@ def test_quantized_bounds(tiny_checkpoint, tmp_path_factory, outtype, min_frames
     r = _converted(tiny_checkpoint, tmp_path_factory, outtype)
     m = pylfm.Model(r.model_path, r.mmproj_path, device="cpu", n_threads=2, batch_size=1)
     try:
-        engine = m.speech
+        engine = m.speech_runtime
         err = np.abs(engine.depth_logits(FX["tts_hidden"][0], FX["tts_codes"][0]) - FX["tts_depth_logits"][0]).max()
         assert err < max_logit_err
         assert snr_db(FX["detok_wave"], istft(engine.detokenize(FX["tts_codes"]))) > min_snr
@@ -265,11 +269,9 @@ def test_stream_concatenates_to_the_non_streamed_waveform(model):
 def test_closing_the_stream_stops_generation(model):
     """Closing a speech stream sets the engine's cancel flag; the engine stops at its next
     step (at most one more frame after the flag), and the model serves the next request."""
-    from pylfm import speech as sp
-
     counts = {"events": 0, "at_cancel": None}
-    parts = prompt_parts(sp.tts_system_prompt("US female"), "Stop me early.", n_audio=0) + [("<|audio_start|>", True)]
-    params = _params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=True, max_new_tokens=400,
+    parts = prompt_parts(tts_system_prompt("US female"), "Stop me early.", n_audio=0) + [("<|audio_start|>", True)]
+    params = speech_params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=True, max_new_tokens=400,
                      max_audio_frames=375, audio_temperature=0.0, audio_top_k=1, seed=0)
     job = SpeechJob(parts, [], params)
 
@@ -286,7 +288,7 @@ def test_closing_the_stream_stops_generation(model):
         cancel()
 
     job.cancel = recording_cancel
-    it = model.speech.submit(job).chunks()
+    it = model.speech_runtime.submit(job).chunks()
     got = [next(it) for _ in range(3)]
     assert all(c.codes is not None or c.text == "" for c in got)
     it.close()  # cancels and waits for the engine
@@ -463,16 +465,14 @@ def test_all_generation_runs_on_the_engine_thread(model):
     """Speech (streamed or whole) and transcription compute on one thread: a second
     computing thread makes libgomp stop spinning in every worker pool (measured 2x slower
     speech on 2 cores). Every speech event comes from the engine's loop."""
-    from pylfm import speech as sp
-
     threads = set()
-    parts = prompt_parts(sp.tts_system_prompt("US female"), "Thread check.", n_audio=0) + [("<|audio_start|>", True)]
-    params = _params(start_audio=True, stop_at_audio_end=True, max_new_tokens=4, max_audio_frames=3,
+    parts = prompt_parts(tts_system_prompt("US female"), "Thread check.", n_audio=0) + [("<|audio_start|>", True)]
+    params = speech_params(start_audio=True, stop_at_audio_end=True, max_new_tokens=4, max_audio_frames=3,
                      audio_temperature=0.0, audio_top_k=1, seed=0)
     for streamed in (False, True):
         job = SpeechJob(parts, [], params)
         job.on_event = lambda chunk: threads.add(threading.current_thread().name)
-        model.speech.submit(job)
+        model.speech_runtime.submit(job)
         chunks = list(job.chunks()) if streamed else job.run()
         assert chunks and job.result_dict["stop_reason"] in ("length", "audio_end")
     assert threads == {"pylfm-engine"}

@@ -8,7 +8,7 @@ import pytest
 
 from pylfm.audio import MIN_SAMPLES_16K
 from pylfm.errors import AudioError
-from pylfm.vad import VadOptions, plan_windows, speech_regions, split_windows
+from pylfm.vad import VadOptions, plan_windows, speech_regions
 
 SR = 16000
 
@@ -259,15 +259,14 @@ def test_max_speech_duration_cuts_regions():
     assert all(e1 == s2 for (_, e1), (s2, _) in zip(pieces, pieces[1:]))
 
 
-def test_split_windows_plans_energy_windows_of_max_window_s():
-    """The deprecated alias (bench's synthetic audio still uses it) cuts with the energy
-    detector, which finds these synthetic bursts; Silero, the default, does not take them
-    for speech."""
+def test_energy_windows_of_synthetic_bursts():
+    """The energy detector finds these synthetic bursts (bench's synthetic audio is cut
+    with it); Silero, the default, does not take them for speech."""
     rng = np.random.default_rng(3)
     x, truth = recording([("speech", 20.0), ("pause", 3.0), ("speech", 20.0)], rng)
     assert sum(e - s for s, e in plan_windows(x, SR)) < 0.2 * len(x)
     for max_s, least in ((30.0, 2), (10.0, 6)):
-        windows = split_windows(x, SR, max_window_s=max_s)
+        windows = plan_windows(x, SR, window=max_s, vad="energy")
         check_windows(windows, len(x), max_s)
         assert len(windows) >= least
         for span in truth:
@@ -378,7 +377,7 @@ def test_transcribe_options_window_limits_are_the_planners():
     """The shortest window TranscribeOptions accepts is the shortest plan_windows can cut
     (two encoder frames), and it works; max_segment up to the window is accepted."""
     from pylfm import TranscribeOptions
-    from pylfm.options import MIN_WINDOW_S
+    from pylfm.transcription.options import MIN_WINDOW_S
 
     rng = np.random.default_rng(13)
     x = syllables(1.0, rng)

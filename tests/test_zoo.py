@@ -554,7 +554,7 @@ def _check_bounded(case: Case, path: Path) -> None:
 def _plain_prompt_tokens(model, base, api: Dict[str, str]) -> int:
     """The prompt length when the user's text is plain text: base's, with the default
     system prompt replaced by ``system`` and ``prompt`` added, each at its own count."""
-    from pylfm.prompt import ASR_SYSTEM_PROMPT
+    from pylfm.engine.prompt import ASR_SYSTEM_PROMPT
 
     system, prompt = api.get("system", ASR_SYSTEM_PROMPT), api.get("prompt")
     return (base.n_prompt_tokens - model.count_tokens(ASR_SYSTEM_PROMPT) + (model.count_tokens(system) if system else 0)

@@ -114,7 +114,7 @@ from pathlib import Path
 import numpy as np
 sys.path.insert(0, str(Path(sys.argv[1]) / "tools"))
 import pylfm
-from pylfm.device import select_device, resolve_defaults
+from pylfm.engine.device import select_device, resolve_defaults
 from pylfm.errors import DeviceError
 
 info = pylfm.system_info()
@@ -130,7 +130,7 @@ except DeviceError as e:
 print("device='auto' ->", resolve_defaults("auto"))
 
 from make_tiny_checkpoint import make_checkpoint
-from pylfm.converter import convert
+from pylfm.files.convert import convert
 import tempfile
 tmp = Path(tempfile.mkdtemp())
 g = convert(make_checkpoint(tmp / "tiny", seed=0), outdir=tmp / "gguf", outtype="f32", progress=False)

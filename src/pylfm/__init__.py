@@ -8,7 +8,8 @@
     segments, info = model.transcribe_segments("long.mp3")
 
 Names are imported lazily so that ``import pylfm`` (and the converter) do not load
-llama.cpp's libraries until a model is used.
+llama.cpp's libraries until a model is used. docs/architecture.md describes the layers
+of the package.
 """
 
 from importlib import import_module
@@ -18,24 +19,23 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Model": "pylfm.model",
-    "Transcription": "pylfm.results",
-    "TranscriptionInfo": "pylfm.results",
-    "Timings": "pylfm.results",
     "transcribe": "pylfm.model",
-    "system_info": "pylfm.model",
-    "TranscribeOptions": "pylfm.options",
-    "TranscriptionJob": "pylfm.job",
-    "LoopGuard": "pylfm.loop_guard",
-    "Segment": "pylfm.formats",
-    "Speech": "pylfm.speech",
-    "SpeechChunk": "pylfm.speech",
-    "SpeechError": "pylfm.speech",
-    "load_audio": "pylfm.audio",
+    "Transcription": "pylfm.transcription.results",
+    "TranscriptionInfo": "pylfm.transcription.results",
+    "Timings": "pylfm.transcription.results",
+    "TranscribeOptions": "pylfm.transcription.options",
+    "TranscriptionJob": "pylfm.transcription.job",
+    "LoopGuard": "pylfm.transcription.loop_guard",
+    "Segment": "pylfm.transcription.formats",
+    "Speech": "pylfm.speech.result",
+    "SpeechChunk": "pylfm.speech.result",
+    "system_info": "pylfm.engine.device",
+    "load_audio": "pylfm.audio.load",
     "VadOptions": "pylfm.vad",
     "plan_windows": "pylfm.vad",
-    "convert": "pylfm.converter",
-    "quantize": "pylfm.quant",
-    "inspect": "pylfm.gguf_info",
+    "convert": "pylfm.files.convert",
+    "quantize": "pylfm.files.quantize",
+    "inspect": "pylfm.files.inspect",
     "PylfmError": "pylfm.errors",
     "AudioError": "pylfm.errors",
     "AudioTooLongError": "pylfm.errors",
@@ -43,6 +43,7 @@ _EXPORTS = {
     "ModelNotFoundError": "pylfm.errors",
     "DeviceError": "pylfm.errors",
     "ConversionError": "pylfm.errors",
+    "SpeechError": "pylfm.errors",
     "TranscriptionCancelled": "pylfm.errors",
     "TranscriptionTimeout": "pylfm.errors",
 }
@@ -56,7 +57,7 @@ def __getattr__(name: str) -> Any:
         try:
             module = import_module(_EXPORTS[name])
         except ImportError as e:  # e.g. a CUDA build on a machine without the NVIDIA driver
-            from .device import explain_import_error
+            from .engine.device import explain_import_error
 
             raise explain_import_error(e) from e
         value = getattr(module, _RENAMED.get(name, name))

@@ -40,6 +40,10 @@ class ConversionError(PylfmError):
     """A checkpoint could not be converted to GGUF (or a GGUF not quantized)."""
 
 
+class SpeechError(PylfmError, ValueError):
+    """Speech output cannot run as asked (bad input, missing speech GGUFs, an ASR-only model)."""
+
+
 class TranscriptionCancelled(PylfmError):
     """A transcription was stopped (``cancel=`` was set, or its iterator closed);
     ``partial`` is the `Transcription` of what was decoded before it stopped."""

@@ -1,9 +1,11 @@
 """`Model`: an LFM2-Audio model held in memory, and `transcribe` on top of it.
 
-The native engine (``pylfm._core.Engine``) loads the text GGUF and the mmproj once.
-Every way of transcribing is a thin adapter over one pipeline: the audio is loaded,
-its windows planned (`pylfm.vad.plan_windows`), and a `TranscriptionJob` goes to the
-model's `Scheduler`, which decodes windows of every job together.
+The thin facade over the layers below: the native engine (``pylfm._core.Engine``,
+opened by `pylfm.engine.native`) loads the text GGUF and the mmproj once. Every way of
+transcribing is a thin adapter over one pipeline: the audio is loaded
+(`pylfm.audio.load_audio`), its windows planned (`pylfm.vad.plan_windows`), and a
+`TranscriptionJob` goes to the model's `Scheduler`, which decodes windows of every job
+together. Speech output runs on the model's `SpeechRuntime` (`pylfm.speech`).
 """
 
 from __future__ import annotations
@@ -13,30 +15,27 @@ import os
 import queue
 import threading
 import weakref
+from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _core
-from .audio import load_audio
-from .device import DEVICES, available_cpus as _available_cpus, check_device as _check_device  # noqa: F401
-from .errors import DeviceError, EngineError, ModelLoadError, PylfmError
-from .formats import Segment
-from .job import TranscriptionJob
-from .options import TranscribeOptions
-from .prompt import ASR_SYSTEM_PROMPT, MEDIA_MARKER, prompt_parts
-from .resolve import DEFAULT_QUANT, resolve
-from .results import Transcription, TranscriptionInfo
-from .scheduler import Scheduler, drain_llama_log as _drain_log
+from .audio.load import AudioInput, load_audio
+from .engine.device import available_cpus, check_device
+from .engine.native import call_engine, open_engine
+from .engine.prompt import ASR_SYSTEM_PROMPT, prompt_parts
+from .engine.scheduler import Scheduler
+from .engine.speech import SpeechRuntime
+from .errors import PylfmError
+from .files.resolve import DEFAULT_QUANT, resolve
+from .transcription.formats import Segment
+from .transcription.job import TranscriptionJob
+from .transcription.options import TranscribeOptions
+from .transcription.results import Transcription, TranscriptionInfo
+from .vad import plan_windows
 
 log = logging.getLogger("pylfm")
 log.addHandler(logging.NullHandler())  # a library stays silent unless the application configures logging
-
-# Context per sequence to start with: a 30 s window (~400 prompt tokens) + 512 generated.
-# It grows when a longer window arrives (up to the model's training context).
-_START_CTX_PER_SEQUENCE = 1024
-
-AudioInput = Union[str, os.PathLike, bytes, bytearray, memoryview, np.ndarray, Any]
 
 
 class Model:
@@ -55,6 +54,8 @@ class Model:
             not fit (stop reason "context").
         quant: which quantization to pick when downloading from the hub.
         flash_attn: let llama.cpp use flash attention where the backend supports it.
+        sessions: live conversations the model keeps at once (each owns a sequence of
+            the engine beside the ``batch_size`` ones).
         verbose: echo llama.cpp's own log to stderr.
 
     Thread safety: one Model may be shared by any number of threads (and server
@@ -65,46 +66,29 @@ class Model:
                  *, device: str = "auto", n_threads: Optional[int] = None, batch_size: int = 4,
                  n_ctx: Optional[int] = None, quant: str = DEFAULT_QUANT, flash_attn: bool = False,
                  sessions: int = 4, verbose: bool = False) -> None:
-        device = _check_device(device)
+        device = check_device(device)
         _positive_int("batch_size", batch_size)
         _positive_int("sessions", sessions, 0)
         if n_threads is not None:
             _positive_int("n_threads", n_threads, 0)  # 0: the default
-        n_threads = n_threads or _available_cpus()
+        n_threads = n_threads or available_cpus()
         if n_ctx is not None:
             _positive_int("n_ctx", n_ctx, 64)
         model_path, mmproj_path = resolve(model, mmproj, quant)
-        _check_pair(model_path, mmproj_path)
-        _core.set_verbose(verbose)
-        try:
-            self._engine = _core.Engine(str(model_path), str(mmproj_path), n_threads, device,
-                                        n_ctx or _START_CTX_PER_SEQUENCE, 512, batch_size + sessions, flash_attn,
-                                        n_ctx is None)
-        except ValueError as e:
-            if "device" in str(e):
-                raise DeviceError(f"{e}. Use device='cpu' or 'auto', or install a GPU build "
-                                  "(see the README: CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install ...)") from None
-            raise ModelLoadError(str(e)) from None
-        except RuntimeError as e:
-            raise ModelLoadError(f"{e}\nCheck that both files are complete GGUFs converted from the same "
-                                 "LFM2-Audio checkpoint (`pylfm inspect FILE` shows what a file is).") from None
-        finally:
-            _drain_log()
-        if _core.media_marker() != MEDIA_MARKER:  # pragma: no cover - guards a llama.cpp change
-            raise ModelLoadError("this llama.cpp uses another media marker; reinstall pylfm")
+        self._engine = open_engine(model_path, mmproj_path, n_threads=n_threads, device=device, n_ctx=n_ctx,
+                                   batch_size=batch_size + sessions, flash_attn=flash_attn, verbose=verbose)
         self.model_path = model_path
         self.mmproj_path = mmproj_path
         self.n_threads = n_threads
         self.batch_size = batch_size
+        self.sessions = sessions
         self.sample_rate: int = self._engine.sample_rate
         self.n_vocab: int = self._engine.n_vocab
         self.device: str = self._engine.device
         self.load_ms: float = self._engine.load_ms
-        self.sessions = sessions
         self.scheduler = Scheduler(self._engine, batch_size)
-        from .speech import SpeechRuntime
-
-        self.speech = SpeechRuntime(self.scheduler, self._engine, model_path, max_sessions=sessions)
+        #: speech output (`speak`, `chat`, conversations) on this model's backbone, loaded on first use
+        self.speech_runtime = SpeechRuntime(self._engine, self.scheduler, model_path, max_sessions=sessions)
         self._finalizer = weakref.finalize(self, self.scheduler.close)
         log.info("loaded %s + %s on %s in %.0f ms", model_path.name, mmproj_path.name, self.device, self.load_ms)
 
@@ -133,7 +117,7 @@ class Model:
 
     def transcribe(self, audio: AudioInput, *, sample_rate: Optional[int] = None, stream: bool = False,
                    progress: bool = False, cancel: Optional[threading.Event] = None, timeout: Optional[float] = None,
-                   return_segments: bool = False, **options: Any) -> Union[Transcription, Iterator[str]]:
+                   **options: Any) -> Union[Transcription, Iterator[str]]:
         """Transcribes one recording (or answers ``system``/``prompt`` about it).
 
         Args:
@@ -146,8 +130,6 @@ class Model:
             cancel: a ``threading.Event``; setting it stops the transcription within a
                 few decode steps (raises `TranscriptionCancelled` with ``.partial``).
             timeout: seconds; past it the transcription stops (`TranscriptionTimeout`).
-            return_segments: ignored (segments are always filled; kept for
-                faster-whisper-style call sites).
             **options: `TranscribeOptions` fields: system, prompt, max_new_tokens,
                 temperature, top_k, top_p, seed, window, max_segment, vad, vad_options,
                 loop_guard, batch_size, max_duration, ignore_eos.
@@ -290,7 +272,17 @@ class Model:
         ``vocoder-*.gguf`` and the audio detokenizer ``tokenizer-*.gguf`` (default:
         ``$PYLFM_VOCODER`` / ``$PYLFM_DETOKENIZER``, else found next to the model or in its
         hub repository). `speak` and `chat` call it on first use."""
-        self.speech.load(vocoder, detokenizer)
+        self.speech_runtime.load(vocoder, detokenizer)
+
+    @property
+    def vocoder_path(self) -> Optional[Path]:
+        """The speech output's audio head GGUF, once loaded (else None)."""
+        return self.speech_runtime.vocoder_path
+
+    @property
+    def detokenizer_path(self) -> Optional[Path]:
+        """The speech output's audio detokenizer GGUF, once loaded (else None)."""
+        return self.speech_runtime.detokenizer_path
 
     def speak(self, text: str, **options: Any) -> Any:
         """Text to speech. Returns a `Speech` (``.audio`` float32 at 24 kHz, ``.save(path)``),
@@ -300,9 +292,9 @@ class Model:
         ``Perform TTS. ...`` prompt instead of a voice), temperature (0.8; 0 = greedy),
         top_k (64), seed, max_duration (seconds, default 60), stream, progress (a bar on
         stderr over seconds of speech)."""
-        from .speech import speak
+        from .speech.generate import speak
 
-        return speak(self, text, **options)
+        return speak(self.speech_runtime, text, **options)
 
     def chat(self, audio_or_text: Any, **options: Any) -> Any:
         """Speech-to-speech (or text-to-speech) answer: returns a `Speech` with ``.text``
@@ -314,9 +306,9 @@ class Model:
         "sequential": the model switches modality itself), system, temperature (1.0) and
         top_k (4) for audio, text_temperature (0 = greedy), seed, max_new_tokens (1024),
         max_duration, stream, progress, on_text (called with each text piece)."""
-        from .speech import chat
+        from .speech.generate import chat
 
-        return chat(self, audio_or_text, **options)
+        return chat(self.speech_runtime, audio_or_text, **options)
 
     # ------------------------------------------------------------------ live
     def conversation(self, *, system: Optional[str] = None, voice: Optional[str] = None, mode: str = "interleaved",
@@ -341,12 +333,12 @@ class Model:
         The model keeps ``sessions`` conversations at once (a `Model` argument);
         a `ConversationError` says so when all are taken."""
         from .live.conversation import Conversation, ConversationError
-        from .speech import CHAT_SYSTEM_PROMPT
+        from .speech.voices import CHAT_SYSTEM_PROMPT
 
         if isinstance(max_context, bool) or not isinstance(max_context, int) or max_context < 256:
             raise ConversationError(f"max_context must be an integer >= 256, got {max_context!r}")
         max_context = min(max_context, self._engine.max_ctx_seq)
-        session = self.speech.open_session()
+        session = self.speech_runtime.open_session()
         if session < 0:
             raise ConversationError(f"all {self.sessions} conversation slots of this model are in use; close a "
                                     "conversation or load the model with a larger sessions=")
@@ -356,7 +348,7 @@ class Model:
                                 seed=seed, max_new_tokens=max_new_tokens, max_duration=max_duration,
                                 max_context=max_context)
         except BaseException:
-            self.speech.close_session(session)
+            self.speech_runtime.close_session(session)
             raise
 
     def transcriber(self, *, sample_rate: int = 16000, turn_detection: Any = "server_vad", interim: bool = False,
@@ -386,8 +378,6 @@ class Model:
     # ------------------------------------------------------------------ internals
     def _job(self, audio: AudioInput, sample_rate: Optional[int], opts: TranscribeOptions,
              stream: bool) -> TranscriptionJob:
-        from .vad import plan_windows
-
         pcm = self._load(audio, sample_rate, opts.max_duration)
         windows = plan_windows(pcm, self.sample_rate, window=opts.segment_limit, vad=opts.vad, options=opts.vad_options)
         return TranscriptionJob(pcm, self.sample_rate, windows, opts, device=self.device,
@@ -397,16 +387,7 @@ class Model:
         return load_audio(audio, sample_rate=sample_rate, target_rate=self.sample_rate, max_duration=max_duration)
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return self.scheduler.call(lambda: fn(*args))  # on the engine's thread, like all compute
-        except EngineError:
-            raise
-        except ValueError as e:
-            raise PylfmError(str(e)) from None
-        except RuntimeError as e:
-            raise PylfmError(f"inference failed: {e}") from None
-        finally:
-            _drain_log()
+        return call_engine(self.scheduler, lambda: fn(*args))  # on the engine's thread, like all compute
 
 
 # ---------------------------------------------------------------------- module helpers
@@ -435,39 +416,6 @@ def transcribe(audio: AudioInput, model: Optional[Union[str, os.PathLike]] = Non
         m = _default_model
     result = m.transcribe(audio, **kwargs)
     return result if kwargs.get("stream") else result.text  # type: ignore[union-attr]
-
-
-def system_info() -> Dict[str, Any]:
-    """The backends compiled into this build (CPU, CUDA, Metal, ...) and visible devices."""
-    return dict(_core.system_info())
-
-
-def _check_pair(model_path, mmproj_path) -> None:
-    """Cheap checks before llama.cpp sees the files, so a wrong file gives a clear
-    error rather than a crash deep inside the loader."""
-    from .gguf_info import check_gguf
-
-    m, p = check_gguf(model_path), check_gguf(mmproj_path)
-    if m["kind"] == "mmproj" and p["kind"] == "model":
-        raise ModelLoadError(f"model and mmproj are swapped: {model_path} is an mmproj and {mmproj_path} a text "
-                             "model; pass model=<text model GGUF>, mmproj=<mmproj GGUF>")
-    if m["kind"] != "model":
-        raise ModelLoadError(f"{model_path} is not a text-model GGUF (it is a {m['kind']}); pass it as mmproj= or "
-                             "give the LFM2 text model")
-    if p["kind"] != "mmproj":
-        raise ModelLoadError(f"{mmproj_path} is not an mmproj GGUF (it is a {p['kind']} of arch {p.get('arch')}); "
-                             "pass the mmproj-*.gguf converted with the model")
-    if m.get("arch") != "lfm2":
-        raise ModelLoadError(f"{model_path} has architecture {m.get('arch')!r}; pylfm runs LFM2-Audio models "
-                             "(architecture 'lfm2')")
-    if not p.get("has_audio"):
-        raise ModelLoadError(f"{mmproj_path} has no audio encoder (projector {p.get('projector')!r}); pass the "
-                             "LFM2-Audio mmproj")
-    if p.get("projector") not in (None, "lfm2a"):
-        raise ModelLoadError(f"{mmproj_path} has projector {p.get('projector')!r}; LFM2-Audio needs 'lfm2a'")
-    if m.get("n_embd") and p.get("n_embd") and m["n_embd"] != p["n_embd"]:
-        raise ModelLoadError(f"model and mmproj do not belong together: the mmproj projects to {p['n_embd']} "
-                             f"dimensions, the model expects {m['n_embd']}; use the mmproj converted with this model")
 
 
 def _positive_int(name: str, value: Any, minimum: int = 1) -> None:

@@ -30,6 +30,9 @@ __all__ = ["transcribe_corpus", "CorpusSummary", "expand_inputs", "read_existing
 
 log = logging.getLogger("pylfm.corpus")
 
+#: Files longer than this (seconds) become error rows unless the caller says otherwise.
+DEFAULT_MAX_DURATION_S = 4 * 3600.0
+
 
 @dataclass
 class CorpusSummary:
@@ -58,7 +61,7 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
                       actors: Optional[int] = None, gpus_per_actor: Optional[float] = None,
                       cpus_per_actor: Optional[float] = None, threads: Optional[int] = None,
                       device: Optional[str] = None, batch_size: int = 4, files_per_call: Optional[int] = None,
-                      max_duration: Optional[float] = 4 * 3600.0, path_column: Optional[str] = None,
+                      max_duration: Optional[float] = DEFAULT_MAX_DURATION_S, path_column: Optional[str] = None,
                       address: Optional[str] = None, num_cpus: Optional[int] = None, progress: bool = True,
                       **options: Any) -> CorpusSummary:
     """Transcribes every audio file named by ``inputs`` into ``out`` with Ray Data.
@@ -89,7 +92,7 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
     Returns:
         A `CorpusSummary`.
     """
-    from ..options import TranscribeOptions
+    from ..transcription.options import TranscribeOptions
 
     TranscribeOptions(**options)  # bad options fail here, not in every actor
     fmt = _format(out, fmt)

@@ -18,12 +18,12 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pyarrow as pa
 
+from ..audio.load import SAMPLE_RATE, load_audio
 from . import output
 from .inputs import is_url
 
 log = logging.getLogger("pylfm.corpus")
 
-SAMPLE_RATE = 16000
 DECODED = pa.schema([("path", pa.string()), ("pcm", pa.large_binary()), ("duration", pa.float64()),
                      ("error", pa.string())])
 
@@ -43,8 +43,6 @@ def decode_batch(batch: pa.Table, max_duration: Optional[float]) -> pa.Table:
 
 
 def _decode(path: str, max_duration: Optional[float]) -> np.ndarray:
-    from ..audio import load_audio
-
     if is_url(path):
         import fsspec
 

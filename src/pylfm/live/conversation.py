@@ -28,17 +28,17 @@ import math
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 
-from ..errors import PylfmError
+from ..errors import PylfmError, SpeechError
+from ..speech.generate import check_sampling, choose_seed, frames_for, speech_params
+from ..speech.istft import FRAME_SAMPLES, FRAMES_PER_SECOND
+from ..speech.job import SpeechJob
+from ..speech.result import Speech, SpeechChunk
+from ..speech.voices import MODES, voice_name
 from .turns import float_chunk
-from ..speech import (CHAT_SYSTEM_PROMPT, CHAT_TEMPERATURE, CHAT_TOP_K, FRAME_SAMPLES, FRAMES_PER_SECOND, MODES, Speech,
-                      SpeechChunk, SpeechError, SpeechJob, _check_sampling, _frames_for, _params, _seed, voice_name)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..model import Model
 
 log = logging.getLogger("pylfm")
 
@@ -108,7 +108,7 @@ class Conversation:
 
     One reply runs at a time; `cancel` and `close` may be called from any thread."""
 
-    def __init__(self, model: "Model", session: int, *, system: Optional[str], voice: Optional[str], mode: str,
+    def __init__(self, model: Any, session: int, *, system: Optional[str], voice: Optional[str], mode: str,
                  temperature: float, top_k: Optional[int], text_temperature: float, seed: Optional[int],
                  max_new_tokens: int, max_duration: Optional[float], max_context: int) -> None:
         if mode not in MODES:
@@ -117,13 +117,13 @@ class Conversation:
         self._session = session
         self.mode = mode
         self.system = _system_prompt(system, voice)
-        self.temperature, self.top_k = _check_sampling(temperature, top_k, "")
-        self.text_temperature, _ = _check_sampling(text_temperature, 0, "text_")
+        self.temperature, self.top_k = check_sampling(temperature, top_k, "")
+        self.text_temperature, _ = check_sampling(text_temperature, 0, "text_")
         self.seed = seed
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise SpeechError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         self.max_new_tokens = max_new_tokens
-        self.max_frames = _frames_for(max_duration)
+        self.max_frames = frames_for(max_duration)
         self.max_context = max_context
         self.dropped_turns = 0
         self.n_past = 0  # positions of the history in the engine
@@ -133,7 +133,7 @@ class Conversation:
         self._closed = False
         self._last: Optional[Reply] = None
         self._special_cost: Dict[str, int] = {}
-        self._finalizer = weakref.finalize(self, _close_session, model.speech, session)
+        self._finalizer = weakref.finalize(self, _close_session, model.speech_runtime, session)
 
     def __repr__(self) -> str:
         return (f"Conversation({len(self._turns)} turns, {self.n_past} positions in the engine, mode={self.mode!r}, "
@@ -143,7 +143,7 @@ class Conversation:
     def add_audio(self, audio: Any, *, sample_rate: Optional[int] = None) -> None:
         """Adds audio to the user's turn: anything `pylfm.load_audio` takes (a path,
         bytes, a file object, an array with ``sample_rate``)."""
-        from ..audio import load_audio
+        from ..audio.load import load_audio
 
         self._check_open()
         pcm = load_audio(audio, sample_rate=sample_rate, target_rate=self._model.sample_rate)
@@ -187,7 +187,7 @@ class Conversation:
             if isinstance(reply, Reply):
                 turn.items, turn.pieces, turn.text = list(reply.items), list(reply.item_texts), reply.text
             elif isinstance(reply, str) and reply.strip():
-                ids = self._model.speech.tokenize(reply)
+                ids = self._model.speech_runtime.tokenize(reply)
                 turn.items, turn.pieces, turn.text = ids, [""] * len(ids), reply
             else:
                 raise ConversationError("add_assistant takes a Reply or a non-empty text")
@@ -206,17 +206,17 @@ class Conversation:
             self._check_idle()
             if not self._turns or self._turns[-1].role != "user":
                 raise ConversationError("there is no user turn to answer: add_audio / add_text first")
-            frames = self.max_frames if max_duration is None else _frames_for(max_duration)
+            frames = self.max_frames if max_duration is None else frames_for(max_duration)
             steps = self.max_new_tokens if max_new_tokens is None else max_new_tokens
             self._fit(steps)
             parts, audio = self._prompt()
-            params = _params(interleaved=self.mode == "interleaved", max_new_tokens=steps, max_audio_frames=frames,
+            params = speech_params(interleaved=self.mode == "interleaved", max_new_tokens=steps, max_audio_frames=frames,
                              audio_temperature=self.temperature, audio_top_k=self.top_k,
                              text_temperature=self.text_temperature,
-                             seed=_seed(seed if seed is not None else self.seed))
+                             seed=choose_seed(seed if seed is not None else self.seed))
             job = SpeechJob(parts, audio, params, session=self._session)
             self._job = job
-        self._model.speech.submit(job)
+        self._model.speech_runtime.submit(job)
         if stream:
             return self._stream(job)
         try:
@@ -274,7 +274,7 @@ class Conversation:
                 return  # everything was played
             keep = frame_pos[keep_frames - 1] + 1 if keep_frames > 0 else 0
             if turn.fed > keep:  # the sequence already holds more: back to the reply's start
-                self.n_past = self._model.speech.rollback_session(self._session)
+                self.n_past = self._model.speech_runtime.rollback_session(self._session)
                 turn.fed = 0
             turn.items, turn.pieces = turn.items[:keep], turn.pieces[:keep]
             turn.text = "".join(turn.pieces)
@@ -424,7 +424,7 @@ class Conversation:
         self.dropped_turns += dropped
         log.warning("pylfm: conversation longer than max_context=%d: dropped its %d oldest turn(s)",
                     self.max_context, dropped)
-        self._model.speech.reset_session(self._session)
+        self._model.speech_runtime.reset_session(self._session)
         self.n_past = 0
         for t in self._turns:
             t.in_engine = False

@@ -30,8 +30,7 @@ from .turns import RATE, SpeechDetector, SpeechDropped, SpeechStarted, TurnDetec
 _DEFAULT = TurnDetection()
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..model import Model
-    from ..results import Transcription
+    from ..transcription.results import Transcription
 
 
 @dataclass
@@ -70,10 +69,10 @@ class Transcriber:
             max_new_tokens, temperature, ...).
     """
 
-    def __init__(self, model: "Model", *, sample_rate: int = RATE, turn_detection: Optional[TurnDetection] = _DEFAULT,
+    def __init__(self, model: Any, *, sample_rate: int = RATE, turn_detection: Optional[TurnDetection] = _DEFAULT,
                  interim: bool = False, interim_interval: float = 1.0,
                  on_event: Optional[Callable[[TranscriberEvent], None]] = None, **options: Any) -> None:
-        from ..options import TranscribeOptions
+        from ..transcription.options import TranscribeOptions
 
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 1000 <= sample_rate <= 1_000_000:
             raise ValueError(f"sample_rate must be an integer in [1000, 1000000], got {sample_rate!r}")

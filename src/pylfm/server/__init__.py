@@ -57,15 +57,14 @@ Modules
 ``app`` (create_app, the transcription route), ``speech`` (the speech route),
 ``forms`` (the streamed multipart reader and field parsing), ``service`` (the shared
 model, thread pool and admission), ``disconnect`` (stopping work when a client
-leaves), ``middleware`` (API key, request ids), ``errors`` (OpenAI's error body) and
-``cli`` (``pylfm serve``'s options and main).
+leaves), ``middleware`` (API key, request ids) and ``errors`` (OpenAI's error body).
+``pylfm serve``'s options and main are `pylfm.cli.serve`.
 
 FastAPI and uvicorn are the ``server`` extra (``pip install "pylfm[server]"``); they are
 imported only when the server is built, so importing this package is cheap.
 """
 
 from .app import CUE_FORMATS, RESPONSE_FORMATS, STREAM_FORMATS, create_app
-from .cli import add_arguments, main
 from .errors import APIError, error_body
 from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME
 from .speech import SPEECH_MAX_INPUT, add_speech_routes
@@ -79,9 +78,7 @@ __all__ = [
     "SPEECH_MAX_INPUT",
     "STREAM_FORMATS",
     "APIError",
-    "add_arguments",
     "add_speech_routes",
     "create_app",
     "error_body",
-    "main",
 ]

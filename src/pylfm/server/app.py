@@ -40,12 +40,14 @@ the request id. A window that fails inside a long recording is reported on its s
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from .disconnect import Client, watch_disconnect
 from .errors import APIError, error_body
 from .forms import flag, read_form, temperature
 from .middleware import AuthMiddleware, RequestIdMiddleware, request_id
+from ..transcription.options import DEFAULT_CUE_S, DEFAULT_MAX_NEW_TOKENS
+from ..vad import DEFAULT_WINDOW_S
 from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME, Service
 from .speech import add_speech_routes
 
@@ -135,8 +137,9 @@ def _sse(event: Dict[str, Any]) -> bytes:
 
 # ---------------------------------------------------------------------- the app
 def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: float = 25, queue_size: int = 16,
-               model_name: str = DEFAULT_MODEL_NAME, max_new_tokens: int = 512, window: float = 30.0,
-               max_cue: float = 10.0, max_audio_s: float = DEFAULT_MAX_AUDIO_S,
+               model_name: str = DEFAULT_MODEL_NAME, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+               window: float = DEFAULT_WINDOW_S, max_cue: float = DEFAULT_CUE_S,
+               max_audio_s: float = DEFAULT_MAX_AUDIO_S,
                max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, vad: Optional[str] = "silero",
                fixed_tokens: Optional[int] = None):
     """The FastAPI app serving ``model`` (a `pylfm.Model`, shared by all requests).
@@ -164,7 +167,7 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
 
     from .. import __version__
     from ..errors import AudioError, AudioTooLongError, PylfmError, TranscriptionCancelled
-    from ..formats import to_srt, to_vtt
+    from ..transcription.formats import to_srt, to_vtt
 
     svc = Service(model, api_key=api_key, max_upload_mib=max_upload_mib, queue_size=queue_size,
                   model_name=model_name, max_new_tokens=max_new_tokens, window=window, max_cue=max_cue,
@@ -266,7 +269,7 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
             job = model.submit(pcm, sample_rate=svc.sample_rate, stream=stream, **options)
             client.attach(job)
             if stream:
-                queue = start_stream(job, request)
+                queue = start_stream(job)
                 handed_off = True
                 return await stream_response(request, job, queue, watcher, options["prompt"])
             t0 = time.monotonic()
@@ -307,38 +310,19 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
             return JSONResponse(_verbose(result))
         return JSONResponse({"text": result.text, "usage": {"type": "duration", "seconds": round(result.duration, 3)}})
 
-    def start_stream(job: Any, request: Any) -> "asyncio.Queue[Tuple[str, Any]]":
+    def start_stream(job: Any) -> "asyncio.Queue[Tuple[str, Any]]":
         """Starts pumping ``job``'s pieces on a worker thread into the returned queue, as
         ("delta", text)... then ("end", None) or ("error", exception); the request's
         slot is released when the pump ends."""
-        loop = asyncio.get_running_loop()
-        queue: "asyncio.Queue[Tuple[str, Any]]" = asyncio.Queue()
-        t0 = time.monotonic()
 
-        def put(item: Tuple[str, Any]) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop is closed: the server is shutting down
-                job.cancel()
-
-        def pump() -> None:
+        def pump(emit: Callable[[str], None]) -> None:
             try:
                 for piece in job.pieces():
-                    put(("delta", piece))
-                put(("end", None))
+                    emit(piece)
             except TranscriptionCancelled:
-                put(("end", None))
-            except Exception as e:
-                put(("error", e))
+                pass  # ends like a finished stream
 
-        def finished(_f: Any) -> None:
-            svc.jobs.discard(job)
-            svc.record(time.monotonic() - t0)
-            svc.slots.release()
-
-        svc.jobs.add(job)
-        svc.executor.submit(pump).add_done_callback(finished)
-        return queue
+        return svc.start_worker(job, pump, "delta")
 
     async def stream_response(request: Any, job: Any, queue: "asyncio.Queue[Tuple[str, Any]]", watcher: "asyncio.Task",
                               prompt: Optional[str]):

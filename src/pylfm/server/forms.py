@@ -27,10 +27,7 @@ async def read_form(request: Any, max_file_bytes: int) -> Tuple[Dict[str, str], 
     left), 413 (the file or a field over its limit)."""
     from starlette.requests import ClientDisconnect
 
-    try:
-        from python_multipart.multipart import MultipartParser, parse_options_header
-    except ImportError:  # python-multipart < 0.0.13
-        from multipart.multipart import MultipartParser, parse_options_header  # type: ignore[no-redef]
+    from python_multipart.multipart import MultipartParser, parse_options_header
 
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):

@@ -4,10 +4,13 @@ the settings every request is checked against."""
 import math
 import threading
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from .errors import APIError
 from .forms import MIB
+
+if TYPE_CHECKING:  # asyncio is imported when the server runs
+    import asyncio
 
 DEFAULT_MODEL_NAME = "lfm2-audio"
 DEFAULT_MAX_AUDIO_S = 3600.0
@@ -48,7 +51,7 @@ class Service:
                  max_prompt_tokens: int, vad: Optional[str], fixed_tokens: Optional[int] = None) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..options import TranscribeOptions
+        from ..transcription.options import TranscribeOptions, fixed_tokens as fixed_tokens_options
 
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
@@ -61,8 +64,8 @@ class Service:
         # Validated once here, so a bad setting fails at start-up rather than per request.
         self.options = TranscribeOptions(max_new_tokens=max_new_tokens, window=window, vad=vad, max_duration=max_audio_s)
         if fixed_tokens is not None:  # benchmarks: the same work for every request
-            self.options = TranscribeOptions(max_new_tokens=fixed_tokens, ignore_eos=True, loop_guard=None, window=window,
-                                             vad=vad, max_duration=max_audio_s)
+            self.options = TranscribeOptions(window=window, vad=vad, max_duration=max_audio_s,
+                                             **fixed_tokens_options(fixed_tokens))
         TranscribeOptions(window=window, max_segment=min(max_cue, window))
         self.model = model
         self.api_key = api_key or None
@@ -90,7 +93,7 @@ class Service:
     def decode_audio(self, data: bytes):
         """The upload as float32 mono PCM at the model's rate (blocking: run it in
         ``executor``); at most ``--max-audio-s`` long (`AudioTooLongError` past it)."""
-        from ..audio import load_audio
+        from ..audio.load import load_audio
 
         return load_audio(data, target_rate=self.sample_rate, max_duration=self.options.max_duration)
 
@@ -106,6 +109,42 @@ class Service:
             mean = self._mean_s
         slots = max(1, getattr(self.model, "batch_size", 1))
         return max(1, min(60, math.ceil(mean * self.slots.in_use / slots)))
+
+    def start_worker(self, job: Any, produce: Callable[[Callable[[Any], None]], None],
+                     kind: str) -> "asyncio.Queue[Tuple[str, Any]]":
+        """Runs ``produce(emit)`` for an admitted request on a worker thread (call it on
+        the event loop). Each item it emits arrives in the returned queue as
+        ``(kind, item)``, then ``("end", None)``, or ``("error", exception)`` when it
+        raises. When it ends, the request's time is recorded and its admission slot
+        released; until then ``job.cancel()`` stops it at shutdown (or when the loop is
+        gone)."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        queue: "asyncio.Queue[Tuple[str, Any]]" = asyncio.Queue()
+        t0 = time.monotonic()
+
+        def put(item: Tuple[str, Any]) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: the server is shutting down
+                job.cancel()
+
+        def work() -> None:
+            try:
+                produce(lambda value: put((kind, value)))
+                put(("end", None))
+            except Exception as e:
+                put(("error", e))
+
+        def finished(_f: Any) -> None:
+            self.jobs.discard(job)
+            self.record(time.monotonic() - t0)
+            self.slots.release()
+
+        self.jobs.add(job)
+        self.executor.submit(work).add_done_callback(finished)
+        return queue
 
     def shutdown(self) -> None:
         for job in list(self.jobs):

@@ -2,8 +2,7 @@
 
 import logging
 import threading
-import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict
 
 from .disconnect import Client, watch_disconnect
 from .errors import APIError
@@ -38,8 +37,10 @@ def add_speech_routes(app: Any, svc: "Service") -> None:
     from fastapi import Request
     from fastapi.responses import Response, StreamingResponse
 
-    from ..errors import ModelLoadError, PylfmError
-    from ..speech import AUDIO_FORMATS, SAMPLE_RATE, SpeechError, encode_audio, tts_system_prompt
+    from ..errors import ModelLoadError, PylfmError, SpeechError
+    from ..speech.audio_file import AUDIO_FORMATS, encode_audio
+    from ..speech.istft import SAMPLE_RATE
+    from ..speech.voices import tts_system_prompt
 
     def field_error(message: str, param: str) -> APIError:
         return APIError(400, message, param=param)
@@ -123,30 +124,7 @@ def add_speech_routes(app: Any, svc: "Service") -> None:
             job = SpeechJob()
             client.attach(job)
             media_type = AUDIO_FORMATS[req["format"]][2]
-            queue: "asyncio.Queue[Tuple[str, Any]]" = asyncio.Queue()
-
-            def put(item: Tuple[str, Any]) -> None:
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
-                except RuntimeError:  # the loop is closed: shutting down
-                    job.cancel()
-
-            def work() -> None:
-                try:
-                    generate(job, req, lambda a: put(("audio", a)))
-                    put(("end", None))
-                except Exception as e:
-                    put(("error", e))
-
-            t0 = time.monotonic()
-
-            def finished(_f: Any) -> None:
-                svc.jobs.discard(job)
-                svc.record(time.monotonic() - t0)
-                svc.slots.release()
-
-            svc.jobs.add(job)
-            svc.executor.submit(work).add_done_callback(finished)
+            queue = svc.start_worker(job, lambda emit: generate(job, req, emit), "audio")
             handed_off = True
 
             if req["format"] == "pcm":  # raw samples, sent as they are generated

@@ -22,27 +22,17 @@ Detectors (``vad=``):
 
 from __future__ import annotations
 
-from typing import List
-
-import numpy as np
-
 from .energy import auto_threshold_db, frame_levels_db
 from .options import VadOptions
-from .planner import VAD_METHODS, plan_windows, speech_regions
-from .regions import Span
+from .planner import DEFAULT_WINDOW_S, VAD_METHODS, plan_windows, speech_regions
 
 __all__ = [
     "VadOptions",
     "VAD_METHODS",
+    "DEFAULT_WINDOW_S",
     "plan_windows",
     "speech_regions",
     "frame_levels_db",
     "auto_threshold_db",
-    "split_windows",
 ]
 
-
-def split_windows(audio: np.ndarray, rate: float, *, max_window_s: float = 30.0) -> List[Span]:
-    """Deprecated: ``plan_windows(audio, rate, window=max_window_s, vad="energy")``, kept
-    until its last callers move to `plan_windows`."""
-    return plan_windows(audio, rate, window=max_window_s, vad="energy")

@@ -7,16 +7,18 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..audio import _to_float32, min_samples
+from ..audio.load import min_samples, to_float32
 from ..errors import AudioError
 from .options import VadOptions
 from .regions import Span, cut_long, detect
 
 #: The speech detectors `plan_windows` accepts.
 VAD_METHODS = ("silero", "energy", None)
+#: The most audio decoded at once unless the caller says otherwise, in seconds.
+DEFAULT_WINDOW_S = 30.0
 
 
-def plan_windows(pcm: np.ndarray, rate: int, *, window: float = 30.0, vad: Optional[str] = "silero",
+def plan_windows(pcm: np.ndarray, rate: int, *, window: float = DEFAULT_WINDOW_S, vad: Optional[str] = "silero",
                  options: Optional[VadOptions] = None) -> List[Span]:
     """The sample spans ``[start, end)`` of ``pcm`` to decode, in order, non-overlapping,
     each at most ``window`` seconds and at least one encoder frame (80 ms) long.
@@ -109,7 +111,7 @@ def _inputs(pcm: np.ndarray, rate: float, vad: Optional[str], options: Optional[
         raise AudioError(f"VAD needs 1-D mono samples, got shape {x.shape}; use load_audio() first")
     if x.dtype.kind not in "iuf":
         raise AudioError(f"VAD needs numeric samples, got dtype {x.dtype}")
-    x = _to_float32(x)
+    x = to_float32(x)
     if not np.isfinite(x).all():
         raise AudioError("the samples contain NaN or infinite values; clean them first (np.nan_to_num)")
     return x, options

@@ -1,0 +1,7 @@
+"""``python -m pylfm.cli ...`` is ``pylfm ...``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
