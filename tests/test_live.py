@@ -125,6 +125,24 @@ def test_barge_in_cancels_within_a_frame_and_the_conversation_goes_on(model):
         assert again.items and again.stop_reason in ("length", "stop")
 
 
+def test_async_reply_gives_the_same_answer(model):
+    import asyncio
+
+    with model.conversation(**GREEDY, max_new_tokens=20) as conv:
+        conv.add_audio(CLIP, sample_rate=RATE)
+        whole = conv.reply()
+    with model.conversation(**GREEDY, max_new_tokens=20) as conv:
+        conv.add_audio(CLIP, sample_rate=RATE)
+
+        async def collect():
+            return [c async for c in conv.areply()]
+
+        chunks = asyncio.run(collect())
+        assert "".join(c.text for c in chunks) == whole.text
+        np.testing.assert_array_equal(np.concatenate([c.audio for c in chunks]), whole.audio)
+        assert items_of(conv.last_reply) == items_of(whole)
+
+
 def test_two_conversations_and_a_transcription_decode_together(model):
     def alone():
         with model.conversation(**GREEDY, max_new_tokens=24) as c:

@@ -28,7 +28,7 @@ import math
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, AsyncIterator, Dict, Iterator, List, Optional, Union
 
 import numpy as np
 
@@ -201,6 +201,54 @@ class Conversation:
         or with ``stream=True`` an iterator of `SpeechChunk` (text and/or audio) as they
         decode; closing the iterator cancels the reply, and `last_reply` then holds what
         was generated."""
+        job = self._start(max_duration, max_new_tokens, seed)
+        self._submit(job)
+        if stream:
+            return self._stream(job)
+        try:
+            job.run()
+        finally:
+            if job.done:
+                self._settle(job)
+        return self._last  # type: ignore[return-value]
+
+    async def areply(self, *, max_duration: Optional[float] = None, max_new_tokens: Optional[int] = None,
+                     seed: Optional[int] = None) -> AsyncIterator[SpeechChunk]:
+        """`reply` for asyncio: an async iterator of `SpeechChunk` as they decode (the
+        event loop never waits on the engine); leaving it early cancels the reply."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        chunks: "asyncio.Queue[Optional[SpeechChunk]]" = asyncio.Queue()
+        job = self._start(max_duration, max_new_tokens, seed)
+        job.on_event = lambda chunk: loop.call_soon_threadsafe(chunks.put_nowait, chunk)
+        try:
+            await asyncio.to_thread(self._submit, job)  # may load the speech GGUFs first
+            while True:
+                c = await chunks.get()
+                if c is None:
+                    break
+                if c.text or len(c.audio):
+                    yield c
+            if job.error is not None:
+                raise job.error
+        finally:
+            if not job.done:
+                job.cancel()
+                await asyncio.to_thread(job.wait)
+            self._settle(job)
+
+    def _submit(self, job: SpeechJob) -> None:
+        try:
+            self._model.speech_runtime.submit(job)
+        except BaseException:
+            with self._lock:
+                if self._job is job:
+                    self._job = None
+            raise
+
+    def _start(self, max_duration: Optional[float], max_new_tokens: Optional[int], seed: Optional[int]) -> SpeechJob:
+        """The job of the next reply (not yet submitted)."""
         self._check_open()
         with self._lock:
             self._check_idle()
@@ -211,20 +259,12 @@ class Conversation:
             self._fit(steps)
             parts, audio = self._prompt()
             params = speech_params(interleaved=self.mode == "interleaved", max_new_tokens=steps, max_audio_frames=frames,
-                             audio_temperature=self.temperature, audio_top_k=self.top_k,
-                             text_temperature=self.text_temperature,
-                             seed=choose_seed(seed if seed is not None else self.seed))
+                                   audio_temperature=self.temperature, audio_top_k=self.top_k,
+                                   text_temperature=self.text_temperature,
+                                   seed=choose_seed(seed if seed is not None else self.seed))
             job = SpeechJob(parts, audio, params, session=self._session)
             self._job = job
-        self._model.speech_runtime.submit(job)
-        if stream:
-            return self._stream(job)
-        try:
-            job.run()
-        finally:
-            if job.done:
-                self._settle(job)
-        return self._last  # type: ignore[return-value]
+            return job
 
     def _stream(self, job: SpeechJob) -> Iterator[SpeechChunk]:
         try:
