@@ -125,6 +125,31 @@ def test_barge_in_cancels_within_a_frame_and_the_conversation_goes_on(model):
         assert again.items and again.stop_reason in ("length", "stop")
 
 
+def test_reset_then_replaying_the_turns_under_another_system_prompt_is_a_fresh_conversation(model):
+    from pylfm.live.conversation import kept_items, system_prompt
+
+    with model.conversation(**GREEDY, max_new_tokens=16) as a:
+        a.add_text("One.")
+        first = a.reply()
+        a.system = system_prompt("Answer briefly.", "UK male")
+        a.reset()
+        assert a.n_past == 0 and a.history == [] and a.last_reply is None
+        a.add_text("One.")
+        a.add_assistant(first)
+        a.add_text("Two.")
+        got = a.reply()
+    with model.conversation(system="Answer briefly.", voice="UK male", **GREEDY, max_new_tokens=16) as b:
+        b.add_text("One.")
+        b.add_assistant(first)
+        b.add_text("Two.")
+        want = b.reply()
+    assert items_of(got) == items_of(want)
+    frames = [i for i, it in enumerate(first.items) if isinstance(it, np.ndarray)]
+    if len(frames) >= 2:
+        assert kept_items(first.items, 80) == frames[0] + 1 and kept_items(first.items, 0) == 0
+        assert kept_items(first.items, 80 * len(frames) + 1) is None
+
+
 def test_async_reply_gives_the_same_answer(model):
     import asyncio
 

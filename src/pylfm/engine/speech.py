@@ -93,6 +93,12 @@ class SpeechRuntime:
                 self._sessions.add(session)
             return session
 
+    @property
+    def open_sessions(self) -> int:
+        """How many session slots are taken now (read without the lock, which a speech
+        load may hold for seconds)."""
+        return len(self._sessions)
+
     def close_session(self, session: int) -> None:
         with self._lock:
             self._sessions.discard(session)

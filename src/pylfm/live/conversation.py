@@ -116,7 +116,7 @@ class Conversation:
         self._model = model
         self._session = session
         self.mode = mode
-        self.system = _system_prompt(system, voice)
+        self.system = system_prompt(system, voice)
         self.temperature, self.top_k = check_sampling(temperature, top_k, "")
         self.text_temperature, _ = check_sampling(text_temperature, 0, "text_")
         self.seed = seed
@@ -308,11 +308,9 @@ class Conversation:
             turn = self._turns[-1] if self._turns else None
             if turn is None or turn.role != "assistant" or self._last is None:
                 raise ConversationError("there is no reply to truncate: truncate applies to the last reply")
-            keep_frames = math.ceil(played_ms / FRAME_MS - 1e-9)
-            frame_pos = [i for i, it in enumerate(turn.items) if isinstance(it, np.ndarray) and int(it[0]) != 2048]
-            if keep_frames >= len(frame_pos):
+            keep = kept_items(turn.items, played_ms)
+            if keep is None:
                 return  # everything was played
-            keep = frame_pos[keep_frames - 1] + 1 if keep_frames > 0 else 0
             if turn.fed > keep:  # the sequence already holds more: back to the reply's start
                 self.n_past = self._model.speech_runtime.rollback_session(self._session)
                 turn.fed = 0
@@ -325,6 +323,19 @@ class Conversation:
                                stop_reason=last.stop_reason, timings=last.timings,
                                order=[1 if isinstance(it, np.ndarray) else 0 for it in turn.items],
                                items=list(turn.items), item_texts=list(turn.pieces), truncated=True)
+
+    def reset(self) -> None:
+        """Forgets the whole history (the session's sequence starts afresh); the next
+        reply prefills ``system`` (which may be changed before) and the turns added after
+        this. For a client that edits what came before (another system prompt, a deleted
+        turn): reset, then add the turns it keeps."""
+        self._check_open()
+        with self._lock:
+            self._check_idle()
+            self._model.speech_runtime.reset_session(self._session)
+            self._turns = []
+            self.n_past = 0
+            self._last = None
 
     # ------------------------------------------------------------------ state
     @property
@@ -472,7 +483,20 @@ class Conversation:
                 t.fed = -1
 
 
-def _system_prompt(system: Optional[str], voice: Optional[str]) -> Optional[str]:
+def kept_items(items: List[Any], played_ms: float) -> Optional[int]:
+    """How many of a reply's items (token ids and (8,) frames, in order) stay when
+    ``played_ms`` of its speech was played: up to the last frame heard (partly heard
+    counts), with the text before it; None when everything was played."""
+    keep_frames = math.ceil(played_ms / FRAME_MS - 1e-9)
+    frame_pos = [i for i, it in enumerate(items) if isinstance(it, np.ndarray) and int(it[0]) != 2048]
+    if keep_frames >= len(frame_pos):
+        return None
+    return frame_pos[keep_frames - 1] + 1 if keep_frames > 0 else 0
+
+
+def system_prompt(system: Optional[str], voice: Optional[str]) -> Optional[str]:
+    """The system prompt of a conversation: ``system`` plus "Use the <voice> voice." when a
+    voice is named (SpeechError for an unknown voice)."""
     if system is not None and not isinstance(system, str):
         raise SpeechError(f"system must be a string or None, got {type(system).__name__}")
     if voice is None:
