@@ -103,8 +103,9 @@ def load_model(args: argparse.Namespace):
     """The `pylfm.Model` the model options name."""
     from ..model import Model
 
+    extra = {"sessions": args.sessions} if getattr(args, "sessions", None) is not None else {}
     return Model(args.model, args.mmproj, device=args.device, n_threads=args.threads,
-                 batch_size=args.batch_size, verbose=args.verbose)
+                 batch_size=args.batch_size, verbose=args.verbose, **extra)
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -54,6 +54,8 @@ from .speech import add_speech_routes
 if TYPE_CHECKING:  # asyncio is imported when the server is built
     import asyncio
 
+    from .realtime import RealtimeSettings  # imported with the app: it loads the engine's live layer
+
 log = logging.getLogger("pylfm.server")
 
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -141,7 +143,7 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
                window: float = DEFAULT_WINDOW_S, max_cue: float = DEFAULT_CUE_S,
                max_audio_s: float = DEFAULT_MAX_AUDIO_S,
                max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, vad: Optional[str] = "silero",
-               fixed_tokens: Optional[int] = None):
+               fixed_tokens: Optional[int] = None, realtime: Optional["RealtimeSettings"] = None):
     """The FastAPI app serving ``model`` (a `pylfm.Model`, shared by all requests).
 
     Args:
@@ -156,6 +158,7 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
         max_prompt_tokens: the longest accepted ``prompt`` (400 above it).
         vad: the speech detector for long recordings ("silero", "energy" or None).
         fixed_tokens: for benchmarks: every window generates exactly this many tokens.
+        realtime: the limits of ``/v1/realtime`` and of speech replies (`RealtimeSettings`).
     """
     import asyncio
     from contextlib import asynccontextmanager
@@ -173,9 +176,15 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
                   model_name=model_name, max_new_tokens=max_new_tokens, window=window, max_cue=max_cue,
                   max_audio_s=max_audio_s, max_prompt_tokens=max_prompt_tokens, vad=vad, fixed_tokens=fixed_tokens)
 
+    from .realtime import RealtimeHub, RealtimeSettings, add_realtime_routes
+
+    hub = RealtimeHub(model, realtime or RealtimeSettings(), api_key=svc.api_key, model_name=svc.model_name,
+                      max_new_tokens=svc.options.max_new_tokens)
+
     @asynccontextmanager
     async def lifespan(_app: Any):
         yield
+        await hub.close_all()
         svc.shutdown()
 
     app = FastAPI(title="pylfm", version=__version__, lifespan=lifespan,
@@ -217,7 +226,7 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
                 "device": getattr(model, "device", None),
                 "queue": {"admitted": svc.slots.in_use, "capacity": svc.slots.capacity,
                           "decoding": model.scheduler.busy, "slots": model.batch_size},
-                "served": svc.served}
+                "realtime": hub.stats(), "served": svc.served}
 
     def model_card() -> Dict[str, Any]:
         return {"id": svc.model_name, "object": "model", "created": svc.created, "owned_by": "pylfm"}
@@ -366,4 +375,5 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     add_speech_routes(app, svc)
+    add_realtime_routes(app, hub)
     return app
