@@ -374,6 +374,9 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    from .chat_completions import add_chat_routes
+
     add_speech_routes(app, svc)
+    add_chat_routes(app, svc, max_reply_s=hub.settings.max_reply_s)
     add_realtime_routes(app, hub)
     return app
