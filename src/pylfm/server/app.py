@@ -375,8 +375,10 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     from .chat_completions import add_chat_routes
+    from .page import add_page_routes
 
     add_speech_routes(app, svc)
     add_chat_routes(app, svc, max_reply_s=hub.settings.max_reply_s)
     add_realtime_routes(app, hub)
+    add_page_routes(app)
     return app

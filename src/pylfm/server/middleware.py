@@ -8,16 +8,27 @@ from typing import Any, Dict
 from .errors import error_body
 
 
+# Served without a key: the health check, and the voice chat page and its static files
+# (they hold no data; the page asks for the key and sends it on its WebSocket).
+PUBLIC_PATHS = ("/health", "/", "/favicon.ico")
+PUBLIC_PREFIXES = ("/static/",)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 class AuthMiddleware:
-    """Every HTTP request but ``/health`` needs ``Authorization: Bearer KEY`` (the
-    scheme in any case, as RFC 7235 says); else 401 with OpenAI's error body."""
+    """Every HTTP request but `is_public` ones needs ``Authorization: Bearer KEY`` (the
+    scheme in any case, as RFC 7235 says); else 401 with OpenAI's error body. WebSocket
+    sessions check the key themselves (`pylfm.server.realtime`)."""
 
     def __init__(self, app: Any, api_key: str) -> None:
         self.app = app
         self.expected = api_key.encode("utf-8")
 
     async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope.get("path") != "/health":
+        if scope["type"] == "http" and not is_public(scope.get("path", "")):
             got = b""
             for k, v in scope.get("headers", []):
                 if k == b"authorization":

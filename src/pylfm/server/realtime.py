@@ -359,6 +359,8 @@ class RealtimeSession:
         if self.gone or (self.closing and self._close is not None and event.get("type") != "error"):
             return
         event.setdefault("event_id", new_id("event"))
+        if log.isEnabledFor(logging.DEBUG) and not event["type"].endswith(".delta"):
+            log.debug("realtime session %s -> %s", self.id, event["type"])
         data = json.dumps(event, ensure_ascii=False)
         if self._queued_bytes + len(data) > self.settings.send_buffer_mib * MIB:
             log.warning("realtime session %s: the client is not reading its events; closing", self.id)
@@ -416,6 +418,8 @@ class RealtimeSession:
                 event_id = event["event_id"]
             if not isinstance(event, dict) or not isinstance(event.get("type"), str):
                 raise ClientError("an event is a JSON object with a 'type'", code="invalid_event")
+            if event["type"] != "input_audio_buffer.append":
+                log.debug("realtime session %s <- %s", self.id, event["type"])
             handler = self._HANDLERS.get(event["type"])
             if handler is None:
                 raise ClientError(f"unknown event type {event['type']!r}", code="unknown_event", param="type")
@@ -690,9 +694,11 @@ class RealtimeSession:
             raise ClientError("only assistant items can be truncated", param="item_id")
         if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms < 0:
             raise ClientError(f"audio_end_ms must be a number >= 0, got {ms!r}", param="audio_end_ms")
-        if item.reply is None:
-            raise ClientError("this item has no audio to truncate", param="item_id")
         conv = self.conv
+        if item.reply is None:  # a reply stopped before it said anything: nothing to cut
+            self.emit({"type": "conversation.item.truncated", "item_id": item.id, "content_index": ci,
+                       "audio_end_ms": int(ms)})
+            return
         index = self.items.index(item)
         later = [i for i in self.items[index + 1:] if i.synced]
         if self.response is None and not self.dirty and item.synced and not later and conv.last_reply is not None:
@@ -754,7 +760,8 @@ class RealtimeSession:
         if params.get("tools"):
             raise ClientError("tools are not supported: LFM2-Audio has no function calling", param="response.tools",
                               code="unsupported")
-        if not self.items or self.items[-1].role != "user":
+        said = [i for i in self.items if i.role == "user" or i.reply is not None or i.text]
+        if not said or said[-1].role != "user":
             raise ClientError("there is no user turn to answer: commit audio or create a user item first",
                               code="no_user_turn")
         self._start_response(params)
@@ -875,17 +882,19 @@ class RealtimeSession:
         if dropped <= 0:
             return
         self._dropped_seen = self.conv.dropped_turns
-        k, turns, last_role = 0, 0, None
-        synced = [i for i in self.items if i.synced]
-        while k < len(synced):
-            if synced[k].role != last_role:
-                if turns == dropped:
-                    break
-                turns += 1
-                last_role = synced[k].role
+        # the turns in the engine: runs of items of one role (empty replies are not turns there)
+        k, turns, last_role, cut = 0, 0, None, 0
+        while k < len(self.items):
+            i = self.items[k]
+            if i.synced and (i.role == "user" or i.reply is not None or i.text):
+                if i.role != last_role:
+                    if turns == dropped:
+                        break
+                    turns += 1
+                    last_role = i.role
+                cut = k + 1
             k += 1
-        gone = {i.id for i in synced[:k]}
-        self.items = [i for i in self.items if i.id not in gone]
+        self.items = self.items[cut:]
 
     async def _cancel_response(self, reason: str) -> None:
         r = self.response
@@ -972,15 +981,17 @@ class RealtimeSession:
             part = {"type": "audio", "transcript": transcript}
         self.emit({"type": "response.content_part.done", **where, "part": part})
         content = [{"type": kind, "text" if text_only else "transcript": transcript}]
+        # a reply stopped before it began still gets its (empty) item, as clients saw it added; it has nothing
+        # in the engine, so it counts as synced
         item = Item(r.item_id, "assistant", content, reply=_slim(reply) if reply is not None else None,
-                    synced=reply is not None, status="completed" if status == "completed" else "incomplete")
+                    synced=True, status="completed" if status == "completed" else "incomplete")
         done_item = item.obj()
         self.emit({"type": "response.output_item.done", "response_id": r.id, "output_index": 0, "item": done_item})
         self.emit({"type": "conversation.item.done", "previous_item_id": previous, "item": done_item})
+        # the assistant turn sits after the items that were in the conversation when it began
+        at = next((k + 1 for k, i in enumerate(self.items) if i.id == previous), 0 if previous is None else None)
+        self.items.insert(len(self.items) if at is None else at, item)
         if reply is not None:
-            # the assistant turn sits after the items that were in the conversation when it began
-            at = next((k + 1 for k, i in enumerate(self.items) if i.id == previous), 0 if previous is None else None)
-            self.items.insert(len(self.items) if at is None else at, item)
             self._trim_items()
         n_out = len(reply.items) if reply is not None else 0
         n_in = max(0, conv.n_past - n_past0 - n_out) if reply is not None else 0
@@ -994,7 +1005,8 @@ class RealtimeSession:
         self.response = None
         if self.pending_response and not self.closing:
             self.pending_response = False
-            if self.items and self.items[-1].role == "user":
+            said = [i for i in self.items if i.role == "user" or i.reply is not None or i.text]
+            if said and said[-1].role == "user":
                 self._start_response({})
 
     def _send_audio(self, names: Dict[str, str], where: Dict[str, Any], pcm: np.ndarray, r: Response) -> None:
