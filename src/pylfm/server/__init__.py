@@ -11,8 +11,12 @@ Endpoints
 ``POST /v1/audio/transcriptions`` (multipart/form-data: ``file``, ``model``,
 ``response_format`` json/text/srt/vtt/verbose_json, ``stream``, ``temperature``,
 ``prompt``; see `pylfm.server.app`), ``POST /v1/audio/speech`` (JSON, text to speech
-with LFM2.5-Audio; see `pylfm.server.speech`), ``GET /v1/models`` (the one model) and
-``GET /health`` (no key needed: status and the queue).
+with LFM2.5-Audio; see `pylfm.server.speech`), ``POST /v1/chat/completions`` (audio in,
+text and speech out, in Liquid's and OpenAI's shapes; `pylfm.server.chat_completions`),
+``/v1/realtime`` (WebSocket: OpenAI's Realtime API, voice conversations and live
+transcription; `pylfm.server.realtime`), ``GET /`` (the voice chat page;
+`pylfm.server.page`), ``GET /v1/models`` (the one model) and ``GET /health`` (no key
+needed: status, the queue and the realtime sessions).
 
 Concurrency and memory
 ----------------------
@@ -55,6 +59,9 @@ logged with its request id and the exception. Errors use OpenAI's body:
 Modules
 -------
 ``app`` (create_app, the transcription route), ``speech`` (the speech route),
+``chat_completions``, ``realtime`` (the WebSocket sessions), ``realtime_events`` (the
+protocol's session configuration, event names and objects), ``realtime_audio`` (wire
+audio formats), ``page`` and ``static/`` (the voice chat page),
 ``forms`` (the streamed multipart reader and field parsing), ``service`` (the shared
 model, thread pool and admission), ``disconnect`` (stopping work when a client
 leaves), ``middleware`` (API key, request ids) and ``errors`` (OpenAI's error body).
