@@ -337,6 +337,55 @@ def test_instructions_changed_mid_conversation_rebuild_the_history(server, model
     wait_released(server)
 
 
+def test_text_replies_16_khz_input_and_switching_the_session_type(server, model):
+    utt16 = voice.utterances(16000)
+
+    async def main():
+        async with sdk(server) as conn:
+            ev = Events(conn)
+            await ev.type("session.created")
+            assert server.health()["realtime"]["slots_held"] == 1
+            await conn.send({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": 16000}}}}})
+            switched = await ev.type("session.updated")
+            held_as_transcription = server.health()["realtime"]["slots_held"]
+            for chunk in voice.b64_chunks(np.concatenate([utt16[2], voice.silence(0.7, 16000)]), rate=16000):
+                await conn.send({"type": "input_audio_buffer.append", "audio": chunk})
+            heard = await ev.type("conversation.item.input_audio_transcription.completed")
+            await conn.send({"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"],
+                                                                   "audio": {"input": {"turn_detection": None}}}})
+            back = await ev.type("session.updated")
+            done = await text_turn(conn, ev, "Write something.", max_output_tokens=12)
+            return ev, switched, held_as_transcription, heard, back, done
+
+    ev, switched, held, heard, back, done = run(main())
+    assert switched.session.type == "transcription" and held == 0 and heard.transcript
+    assert back.session.type == "realtime" and back.session.output_modalities == ["text"]
+    text = "".join(e.delta for e in ev.of("response.output_text.delta"))
+    assert done.response.status == "completed" and not ev.of("response.output_audio.delta")
+    assert done.response.output[0].content[0].type == "output_text" and done.response.output[0].content[0].text == text
+    wait_released(server)
+
+
+def test_a_long_conversation_drops_its_oldest_turns_and_goes_on(model, caplog):
+    async def main(srv):
+        async with sdk(srv, key=None) as conn:
+            ev = Events(conn)
+            await ev.type("session.created")
+            await conn.send({"type": "session.update", "session": {"max_output_tokens": 24}})
+            statuses = []
+            for k in range(8):
+                statuses.append((await text_turn(conn, ev, f"Turn {k}: tell me about the number {k} in detail."))
+                                .response.status)
+            return statuses
+
+    with serving.Serving(create_app(model, realtime=settings(max_context=256))) as srv:
+        statuses = run(main(srv))
+        wait_released(srv)
+    assert all(s in ("completed", "incomplete") for s in statuses)
+    assert any("dropped its" in r.getMessage() for r in caplog.records)  # past max_context, and it went on
+
+
 # ---------------------------------------------------------------------- transcription sessions
 def test_transcription_session_streams_the_users_transcripts(server, model):
     utt = voice.utterances()
