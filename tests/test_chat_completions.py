@@ -246,3 +246,20 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(server, model, que
     server.wait_idle(timeout=10)
     assert time.monotonic() - t0 < 10
     assert model.scheduler.busy == 0
+
+
+def test_a_model_without_speech_answers_text_and_501_for_speech(tiny_gguf_f32, question):
+    wav, _ = question
+    m = pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device="cpu", n_threads=2, batch_size=1,
+                    sessions=1)
+    try:
+        with serving.Serving(create_app(m, max_new_tokens=8)) as srv:
+            client = srv.client()
+            asr = client.chat.completions.create(model="", modalities=["text"], messages=[
+                {"role": "system", "content": "Perform ASR."}, audio_message(wav)])
+            assert asr.choices[0].message.content == m.transcribe(wav, max_new_tokens=8).text
+            with pytest.raises(openai.APIStatusError) as e:
+                client.chat.completions.create(model="", modalities=["text", "audio"], messages=[audio_message(wav)])
+            assert e.value.status_code == 501 and e.value.body["code"] == "speech_unavailable"
+    finally:
+        m.close()

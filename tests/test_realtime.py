@@ -661,6 +661,32 @@ def test_g711_mu_law_in_and_out(server):
     assert abs(len(out) - 640 * frames) <= 640  # one byte per 8 kHz sample: 640 per 80 ms frame
 
 
+def test_a_model_without_speech_serves_transcription_sessions_only(tiny_gguf_f32):
+    import websockets.asyncio.client as wsc
+    from websockets.exceptions import ConnectionClosed
+
+    async def main(url):
+        async with wsc.connect(url) as ws:
+            err = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+            code = ws.close_code
+        async with wsc.connect(url + "?intent=transcription") as ws:
+            created = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        return err, code, created
+
+    m = pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device="cpu", n_threads=2, batch_size=1,
+                    sessions=1)
+    try:
+        with serving.Serving(create_app(m)) as srv:
+            err, code, created = run(main(srv.url.replace("http", "ws") + "/v1/realtime"))
+            wait_released(srv)
+    finally:
+        m.close()
+    assert err["error"]["code"] == "speech_unavailable" and code == 1011
+    assert created["type"] == "session.created" and created["session"]["type"] == "transcription"
+
+
 # ---------------------------------------------------------------------- no server
 def test_audio_formats_and_g711_round_trip():
     x = (0.8 * np.sin(np.linspace(0, 60, 8000))).astype(np.float32)
