@@ -324,9 +324,12 @@ class Model:
                 "UK male"), added to the system prompt as "Use the ... voice."
             mode: "interleaved" (fixed pattern of 6 text tokens and 12 audio frames: the
                 lowest latency) or "sequential" (the model switches modality itself).
-            temperature, top_k: sampling of audio codes; text_temperature: of text (0 = greedy).
+            temperature: sampling temperature of audio codes.
+            top_k: top-k of audio codes.
+            text_temperature: sampling temperature of text (0 = greedy).
             seed: makes sampling reproducible.
-            max_new_tokens, max_duration: bounds of each reply (steps; seconds of speech).
+            max_new_tokens: the most steps (text tokens + audio frames) of each reply.
+            max_duration: the most seconds of speech of each reply.
             max_context: positions the history may take; the oldest turns are dropped
                 (and counted in ``dropped_turns``) beyond it.
 
