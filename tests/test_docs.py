@@ -26,7 +26,8 @@ def _section(text: str, heading: str) -> str:
     return match.group(1)
 
 
-def _help_flags(command: str, capsys: pytest.CaptureFixture) -> Set[str]:
+def _help_flags(command: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Set[str]:
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at hyphens: keep every flag on one line
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
@@ -34,14 +35,15 @@ def _help_flags(command: str, capsys: pytest.CaptureFixture) -> Set[str]:
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_cli_reference_names_every_option(command: str, capsys: pytest.CaptureFixture) -> None:
+def test_cli_reference_names_every_option(command: str, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     if command in EXTRA_MODULES:
         pytest.importorskip(EXTRA_MODULES[command])
     doc = CLI_DOC.read_text()
     section = _section(doc, f"pylfm {command}")
     if "(#model-options)" in section:  # "plus the model options": the shared table counts too
         section += _section(doc, "Model options")
-    flags = _help_flags(command, capsys)
+    flags = _help_flags(command, capsys, monkeypatch)
     assert flags, f"pylfm {command} --help lists no options"
     missing = sorted(f for f in flags if f"`{f}" not in section)
     assert not missing, f"docs/cli.md's 'pylfm {command}' section does not describe {missing}"
