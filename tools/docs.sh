@@ -19,10 +19,7 @@ requirements=$(mktemp)
 trap 'rm -f "$requirements"' EXIT
 python - "$requirements" <<'PY'
 import sys
-try:
-    import tomllib
-except ImportError:  # Python < 3.11: the TOML reader pip vendors
-    from pip._vendor import tomli as tomllib
+import tomllib  # the docs extra's packages need Python >= 3.11 anyway
 with open("pyproject.toml", "rb") as f:
     docs = tomllib.load(f)["project"]["optional-dependencies"]["docs"]
 with open(sys.argv[1], "w") as out:
