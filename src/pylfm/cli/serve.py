@@ -10,12 +10,13 @@ import argparse
 import ipaddress
 import logging
 import os
+from typing import Optional
 
 import fastapi  # noqa: F401 - the server extra
 import python_multipart  # noqa: F401
 import uvicorn
 
-from ..engine.device import available_cpus
+from ..engine.device import physical_cores
 from ..server import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME, create_app
 from ..transcription.options import DEFAULT_CUE_S
 from .options import FIXED_TOKENS, MAX_NEW_TOKENS, VAD, WINDOW, add_model_arguments, load_model, vad_method
@@ -25,7 +26,7 @@ log = logging.getLogger("pylfm.server")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, threads=dict(
-        help="CPU threads for the engine (default: all available but one, left to the HTTP side)"))
+        help="CPU threads for the engine (default: one per physical core but one, left to the HTTP side)"))
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
@@ -61,13 +62,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def engine_threads(threads: Optional[int]) -> int:
+    """``--threads``, else one per physical core but one: that core decodes uploads and
+    runs the speech detector beside the engine (llama.cpp's threads spin while they wait
+    for each other, so a core shared with other work slows every step)."""
+    return threads if threads else max(1, physical_cores() - 1)
+
+
 def main(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("PYLFM_API_KEY") or None
     if not _is_loopback(args.host) and not api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the server",
                     args.host)
-    if args.threads is None:  # leave a core to the HTTP side
-        args.threads = max(1, available_cpus() - 1)
+    args.threads = engine_threads(args.threads)
     model = load_model(args)
     app = create_app(model, api_key=api_key, max_upload_mib=args.max_upload_mib, queue_size=args.queue,
                      model_name=args.model_name, max_new_tokens=args.max_new_tokens, window=args.window,
