@@ -23,7 +23,7 @@ from pylfm.errors import ModelLoadError, PylfmError
 from pylfm.server import create_app
 from pylfm.server.app import transcription_failure
 
-from media_files import encode, voice_like  # tests/ helpers
+from media_files import encode, speech_like_noise, voice_like  # tests/ helpers
 from serving import Serving
 
 RATE = 16000
@@ -208,6 +208,52 @@ def test_an_upload_in_progress_holds_the_admission_place(model):
         assert r.status_code == 200 and r.json()["text"] == want
         s.wait_idle()
         assert post(s, files={"file": ("c.wav", data)}).json()["text"] == want
+
+
+# ---------------------------------------------------------------------- the event loop
+MIB = 2 ** 20
+
+
+@pytest.fixture(scope="session")
+def largest_upload(tmp_path_factory):
+    """The largest recording `pylfm serve` accepts with its default limits: one hour
+    (--max-audio-s 3600) of speech-like noise in a FLAC under 25 MiB (--max-upload-mib):
+    8-bit samples at 16 kHz. Made once per test session."""
+    path = tmp_path_factory.mktemp("largest") / "hour.flac"
+    sf.write(str(path), speech_like_noise(3600.0, RATE, seed=3), RATE, format="FLAC", subtype="PCM_S8")
+    return path
+
+
+def test_health_answers_while_the_largest_upload_is_decoded_and_planned(model, largest_upload):
+    """The default server decodes an hour of audio (~1.5 s here) and runs Silero over it
+    (~10 s) for one request; meanwhile /health, polled every 20 ms, answers within 100 ms
+    (p99): no request's audio work runs on the event loop."""
+    from pylfm.server.service import DEFAULT_MAX_AUDIO_S
+
+    app = create_app(model)  # every limit at its default
+    svc = app.state.pylfm
+    data = largest_upload.read_bytes()
+    assert svc.options.max_duration == DEFAULT_MAX_AUDIO_S == 3600 and svc.options.vad == "silero"
+    assert 20 * MIB < len(data) <= svc.max_upload_bytes == 25 * MIB
+    latencies, admitted = [], []
+    with Serving(app) as s, httpx.Client(base_url=s.url, timeout=30) as poll, ThreadPoolExecutor(1) as pool:
+        poll.get("/health")  # the polling connection is open before the upload starts
+        answer = pool.submit(post, s, files={"file": ("hour.flac", data)}, timeout=600)
+        while not answer.done():
+            t0 = time.perf_counter()
+            r = poll.get("/health")
+            latencies.append(time.perf_counter() - t0)
+            assert r.status_code == 200
+            admitted.append(r.json()["queue"]["admitted"])
+            time.sleep(0.02)
+        r = answer.result()
+    assert r.status_code == 200 and r.json()["text"] == "", r.text  # noise: no window is decoded
+    p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
+    slowest = [round(x * 1000) for x in sorted(latencies)[-3:]]
+    assert p99 < 0.100, (f"/health p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, slowest {slowest} ms "
+                         f"over {len(latencies)} polls")
+    # and the polls did span the work: the request was in the server for most of them
+    assert sum(n == 1 for n in admitted) >= 100, f"{len(latencies)} polls, {sum(admitted)} with the request in"
 
 
 # ---------------------------------------------------------------------- good and bad together

@@ -18,8 +18,10 @@ Concurrency and memory
 ----------------------
 All requests share the one loaded `pylfm.Model` and go through its scheduler: windows
 of concurrent requests decode together in the engine's sequence slots (continuous
-batching, first come first served). Blocking work (audio decoding, waiting for a
-result) runs in a thread pool, never on the event loop.
+batching, first come first served). Blocking work (audio decoding, speech detection
+and window planning, encoding speech output, waiting for a result) runs in a thread
+pool, never on the event loop: ``/health`` answers in milliseconds while an hour of
+audio is being planned (tests/test_server_limits.py).
 
 ``--queue N`` bounds the requests admitted at once (being uploaded, decoded, waiting or
 running); the next one is answered ``503`` with ``Retry-After`` at once, before its body
