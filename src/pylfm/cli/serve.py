@@ -17,7 +17,8 @@ import python_multipart  # noqa: F401
 import uvicorn
 
 from ..engine.device import physical_cores
-from ..server import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME, create_app
+from ..server import (DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_SPEECH_S, DEFAULT_MODEL_NAME,
+                      create_app)
 from ..transcription.options import DEFAULT_CUE_S
 from .options import FIXED_TOKENS, MAX_NEW_TOKENS, VAD, WINDOW, add_model_arguments, load_model, vad_method
 
@@ -38,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest accepted upload in MiB (default 25)")
     g.add_argument("--max-audio-s", type=float, default=DEFAULT_MAX_AUDIO_S,
                    help=f"longest accepted recording in seconds (default {DEFAULT_MAX_AUDIO_S:g})")
+    g.add_argument("--max-speech-s", type=float, default=DEFAULT_MAX_SPEECH_S,
+                   help=f"most speech one /v1/audio/speech request makes, in seconds; longer input is refused "
+                        f"(default {DEFAULT_MAX_SPEECH_S:g})")
     g.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
                    help=f"longest accepted prompt in tokens (default {DEFAULT_MAX_PROMPT_TOKENS})")
     g.add_argument("--queue", type=int, default=16,
@@ -79,7 +83,10 @@ def main(args: argparse.Namespace) -> int:
     app = create_app(model, api_key=api_key, max_upload_mib=args.max_upload_mib, queue_size=args.queue,
                      model_name=args.model_name, max_new_tokens=args.max_new_tokens, window=args.window,
                      max_cue=args.max_cue, max_audio_s=args.max_audio_s, max_prompt_tokens=args.max_prompt_tokens,
-                     vad=vad_method(args.vad), fixed_tokens=args.fixed_tokens)
+                     vad=vad_method(args.vad), fixed_tokens=args.fixed_tokens, max_speech_s=args.max_speech_s)
+    svc = app.state.pylfm
+    log.info("requests hold at most %.0f MiB beyond the model (--queue %d x %.0f MiB)", svc.memory_bound / 2**20,
+             args.queue, svc.request_bytes / 2**20)
     print(f"pylfm: serving {model.model_path.name} on {model.device} at http://{args.host}:{args.port}/v1 "
           f"(model id {args.model_name!r})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info" if args.verbose else "warning",

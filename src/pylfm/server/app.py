@@ -49,7 +49,7 @@ from .forms import flag, read_form, temperature
 from .middleware import AuthMiddleware, RequestIdMiddleware, request_id
 from ..transcription.options import DEFAULT_CUE_S, DEFAULT_MAX_NEW_TOKENS
 from ..vad import DEFAULT_WINDOW_S
-from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME, Service
+from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_SPEECH_S, DEFAULT_MODEL_NAME, Service
 from .speech import add_speech_routes
 
 if TYPE_CHECKING:  # asyncio is imported when the server is built
@@ -142,7 +142,7 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
                window: float = DEFAULT_WINDOW_S, max_cue: float = DEFAULT_CUE_S,
                max_audio_s: float = DEFAULT_MAX_AUDIO_S,
                max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, vad: Optional[str] = "silero",
-               fixed_tokens: Optional[int] = None):
+               fixed_tokens: Optional[int] = None, max_speech_s: float = DEFAULT_MAX_SPEECH_S):
     """The FastAPI app serving ``model`` (a `pylfm.Model`, shared by all requests).
 
     Args:
@@ -157,6 +157,8 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
         max_prompt_tokens: the longest accepted ``prompt`` (400 above it).
         vad: the speech detector for long recordings ("silero", "energy" or None).
         fixed_tokens: for benchmarks: every window generates exactly this many tokens.
+        max_speech_s: the most speech one ``/v1/audio/speech`` request generates (seconds;
+            longer input is 400, a larger ``max_duration`` too).
     """
     import asyncio
     from contextlib import asynccontextmanager
@@ -172,7 +174,8 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
 
     svc = Service(model, api_key=api_key, max_upload_mib=max_upload_mib, queue_size=queue_size,
                   model_name=model_name, max_new_tokens=max_new_tokens, window=window, max_cue=max_cue,
-                  max_audio_s=max_audio_s, max_prompt_tokens=max_prompt_tokens, vad=vad, fixed_tokens=fixed_tokens)
+                  max_audio_s=max_audio_s, max_prompt_tokens=max_prompt_tokens, vad=vad, fixed_tokens=fixed_tokens,
+                  max_speech_s=max_speech_s)
 
     @asynccontextmanager
     async def lifespan(_app: Any):
