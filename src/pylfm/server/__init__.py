@@ -62,9 +62,10 @@ logged with its request id and the exception. Errors use OpenAI's body:
 Modules
 -------
 ``app`` (create_app, the transcription route), ``speech`` (the speech route),
-``forms`` (the streamed multipart reader and field parsing), ``service`` (the shared
-model, thread pool and admission), ``disconnect`` (stopping work when a client
-leaves), ``middleware`` (API key, request ids) and ``errors`` (OpenAI's error body).
+``forms`` (request bodies read with their limits: the streamed multipart reader, the
+speech JSON; field parsing), ``service`` (the shared model, thread pool, admission and
+memory bound), ``disconnect`` (stopping work when a client leaves), ``middleware`` (API
+key, request ids) and ``errors`` (OpenAI's error body).
 ``pylfm serve``'s options and main are `pylfm.cli.serve`.
 
 FastAPI and uvicorn are the ``server`` extra (``pip install "pylfm[server]"``); they are
