@@ -292,3 +292,59 @@ def test_manual_commit_and_bad_chunks(model):
     assert [e.type for e in events if e.type in ("speech_stopped", "completed")] == ["speech_stopped", "completed"]
     with pytest.raises(ValueError, match="closed"):
         t.push(np.zeros(320, np.float32))
+
+
+# ---------------------------------------------------------------------- a spoken conversation
+def test_voice_chat_answers_each_utterance_and_yields_to_the_user(model):
+    """A recording plays the microphone in real time; the speaker is drained in real
+    time. The first question is answered; talking over the second reply interrupts it,
+    and the conversation keeps only what was played of it."""
+    from pylfm.live.voice import SPEAKER_RATE, Speaker, VoiceChat
+
+    espeak = _espeak_or_skip()
+    q1, q2 = espeak("hello, how are you"), espeak("tell me a long story please")
+    mic = np.concatenate([np.zeros(RATE // 4), q1, np.zeros(int(1.6 * RATE)), q2, np.zeros(int(0.7 * RATE)),
+                          espeak("stop"), np.zeros(RATE)]).astype(np.float32)
+    speaker = Speaker()
+    done = threading.Event()
+
+    def sound_card():  # takes 20 ms of audio every 20 ms, as a sound card's callback would
+        while not done.is_set():
+            speaker.take(SPEAKER_RATE // 50)
+            time.sleep(0.02)
+
+    def microphone():
+        t0 = time.monotonic()
+        for i in range(0, len(mic), 320):
+            time.sleep(max(0.0, t0 + i / RATE - time.monotonic()))
+            yield mic[i:i + 320]
+
+    threading.Thread(target=sound_card, daemon=True).start()
+    events = []
+    with model.conversation(**GREEDY, max_new_tokens=400, max_duration=20) as conv:
+        chat = VoiceChat(conv, turn_detection=TurnDetection(silence_duration_ms=300), on_event=events.append)
+        chat.run(microphone(), speaker)
+        done.set()
+        history = conv.history
+    assert chat.replies >= 2 and chat.interruptions >= 1, events
+    assert [h["role"] for h in history][:4] == ["user", "assistant", "user", "assistant"]
+    cut = [h for h in history if h["role"] == "assistant"][1]
+    assert cut["audio_seconds"] < 3.0, "the interrupted reply kept more than was played (about 1 s)"
+
+
+def test_live_chat_without_a_sound_library_says_what_to_install(monkeypatch, capsys):
+    import builtins
+
+    from pylfm.cli import main
+
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *a, **kw):
+        if name == "sounddevice":
+            raise ImportError("No module named 'sounddevice'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    assert main(["chat", "--live"]) == 2
+    err = capsys.readouterr().err
+    assert "pylfm[mic]" in err and "libportaudio2" in err

@@ -697,7 +697,9 @@ void Engine::take_in(std::vector<Event>& events) {
                 waiting_ = std::move(r);
                 return;
             }
-            grow_context(std::min(max_ctx_seq_, (need + 255) / 256 * 256));
+            // at least double: a conversation's history grows every turn, and each growth waits
+            // for the busy sequences to finish and moves every session over
+            grow_context(std::min(max_ctx_seq_, (std::max(need, 2 * n_ctx_seq_) + 255) / 256 * 256));
         }
         if (slot->n_past + p.n_rows + 1 > n_ctx_seq_)
             throw std::length_error("the request needs " + std::to_string(p.n_rows) + " prompt tokens" +
