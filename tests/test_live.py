@@ -348,3 +348,45 @@ def test_live_chat_without_a_sound_library_says_what_to_install(monkeypatch, cap
     assert main(["chat", "--live"]) == 2
     err = capsys.readouterr().err
     assert "pylfm[mic]" in err and "libportaudio2" in err
+
+
+def test_a_turn_read_ahead_gives_the_reply_of_one_read_with_it(model):
+    """prefill() reads the user's turn while they pause; the reply then equals a reply to
+    the same turn read with it. Adding to the turn afterwards takes the read-ahead back."""
+    with model.conversation(**GREEDY, max_new_tokens=24) as a:
+        a.add_audio(CLIP, sample_rate=RATE)
+        first = a.reply()
+        a.add_audio(tone(1.0, 330), sample_rate=RATE)
+        plain = a.reply()
+    with model.conversation(**GREEDY, max_new_tokens=24) as b:
+        b.add_audio(CLIP, sample_rate=RATE)
+        b.prefill()
+        b.add_audio(tone(0.5, 500), sample_rate=RATE)  # they went on: taken back, read again later
+        b.discard_turn()
+        b.add_audio(CLIP, sample_rate=RATE)
+        b.prefill()
+        assert items_of(b.reply()) == items_of(first)
+        b.add_audio(tone(1.0, 330), sample_rate=RATE)
+        b.prefill()
+        read_ahead = b.reply()
+    assert items_of(read_ahead) == items_of(plain)
+
+
+def test_turn_detection_reports_pauses_that_equal_the_utterance():
+    from pylfm.live import SpeechDetector, SpeechPaused, SpeechResumed
+
+    espeak = _espeak_or_skip()
+    words = espeak("one two three four")
+    pcm = np.concatenate([np.zeros(RATE // 2), words, np.zeros(int(0.25 * RATE)), words,
+                          np.zeros(RATE)]).astype(np.float32)
+    det = SpeechDetector(TurnDetection(silence_duration_ms=500))
+    events = []
+    for i in range(0, len(pcm), 320):
+        events += det.push(pcm[i:i + 320])
+    kinds = [type(e).__name__ for e in events]
+    assert "SpeechResumed" in kinds, kinds  # the short pause between the two phrases
+    pauses = [e for e in events if isinstance(e, SpeechPaused)]
+    utt = [e for e in events if type(e).__name__ == "Utterance"]
+    assert len(utt) == 1 and pauses[-1].start == utt[0].start and pauses[-1].end == utt[0].end
+    np.testing.assert_array_equal(pauses[-1].pcm, utt[0].pcm)
+    assert isinstance(events[kinds.index("SpeechResumed")], SpeechResumed)

@@ -5,8 +5,10 @@ with a recording as the microphone and a buffer as the speaker.
     chat = VoiceChat(model.conversation(), on_text=print)
     chat.run(microphone_chunks, speaker)      # until the microphone ends
 
-When the turn detector finds the end of an utterance, the utterance becomes the user's
-turn and the reply streams into the speaker. When the user starts speaking while a reply
+When the speaker pauses, the utterance so far is read into the model at once
+(`Conversation.prefill`); when the pause lasts long enough to end the turn, the reply
+starts from there (and if the speaker goes on instead, the read-ahead is taken back). The
+reply streams into the speaker. When the user starts speaking while a reply
 is still playing, the reply is cancelled, the speaker stops, and the conversation keeps
 only what was played (`Conversation.truncate`).
 """
@@ -19,7 +21,7 @@ from typing import Any, Callable, Deque, Iterable, Optional
 
 import numpy as np
 
-from .turns import SpeechDetector, SpeechStarted, TurnDetection, Utterance
+from .turns import SpeechDetector, SpeechPaused, SpeechResumed, SpeechStarted, TurnDetection, Utterance
 
 SPEAKER_RATE = 24000
 
@@ -94,6 +96,7 @@ class VoiceChat:
         self._reply: Optional[threading.Thread] = None
         self._stream: Any = None
         self._speaker: Optional[Speaker] = None
+        self._ahead: Optional[tuple] = None  # (start, end) of the utterance read ahead
 
     def run(self, microphone: Iterable[np.ndarray], speaker: Speaker) -> None:
         """Listens to ``microphone`` (16 kHz float32 chunks) until it ends; replies go to
@@ -106,11 +109,24 @@ class VoiceChat:
                     self._event("user_started")
                     if self._busy(speaker):
                         self._interrupt(speaker)
+                elif isinstance(ev, SpeechPaused):
+                    if not self._busy(speaker):  # read the turn ahead while the pause lasts
+                        self.conversation.add_audio(ev.pcm, sample_rate=16000)
+                        self.conversation.prefill()
+                        self._ahead = (ev.start, ev.end)
+                elif isinstance(ev, SpeechResumed):
+                    if self._ahead is not None:
+                        self.conversation.discard_turn()
+                        self._ahead = None
                 elif isinstance(ev, Utterance):
                     self._event("user_done")
                     if self._busy(speaker):
                         self._interrupt(speaker)
-                    self.conversation.add_audio(ev.pcm, sample_rate=16000)
+                    if self._ahead != (ev.start, ev.end):
+                        if self._ahead is not None:
+                            self.conversation.discard_turn()
+                        self.conversation.add_audio(ev.pcm, sample_rate=16000)
+                    self._ahead = None
                     self._start_reply(speaker)
         if self._reply is not None:
             self._reply.join()
