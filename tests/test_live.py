@@ -390,3 +390,22 @@ def test_turn_detection_reports_pauses_that_equal_the_utterance():
     assert len(utt) == 1 and pauses[-1].start == utt[0].start and pauses[-1].end == utt[0].end
     np.testing.assert_array_equal(pauses[-1].pcm, utt[0].pcm)
     assert isinstance(events[kinds.index("SpeechResumed")], SpeechResumed)
+
+
+def test_interim_hypotheses_come_before_the_final_transcript(model):
+    espeak = _espeak_or_skip()
+    speech = espeak("this is a longer sentence that keeps going for a while so that we see hypotheses")
+    pcm = np.concatenate([np.zeros(RATE // 4), speech, np.zeros(RATE)]).astype(np.float32)
+    t = model.transcriber(interim=True, interim_interval=0.5, max_new_tokens=16)
+    t0 = time.monotonic()
+    for i in range(0, len(pcm), 320):  # in real time: hypotheses need time to decode
+        time.sleep(max(0.0, t0 + i / RATE - time.monotonic()))
+        t.push(pcm[i:i + 320])
+    t.close()
+    events = list(t.events())
+    kinds = [e.type for e in events]
+    assert "interim" in kinds and kinds.index("interim") < kinds.index("completed"), kinds
+    for e in events:
+        if e.type == "interim":
+            stable = e.stable.split()
+            assert e.utterance == 0 and e.text.split()[:len(stable)] == stable  # agreed words lead the hypothesis
