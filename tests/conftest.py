@@ -68,6 +68,15 @@ def tiny_gguf_q8(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def tiny_speech_f32(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """ConvertResult of the tiny checkpoint in F32 with the speech GGUFs (vocoder and
+    detokenizer) next to the model: a model that can speak."""
+    from pylfm.files.convert import convert
+
+    return convert(tiny_checkpoint, outdir=tmp_path_factory.mktemp("speech-f32"), outtype="f32", progress=False)
+
+
+@pytest.fixture(scope="session")
 def looping_gguf(tmp_path_factory: pytest.TempPathFactory):
     """ConvertResult (F32) of a tiny model that falls into repetition loops
     (tools/make_looping_checkpoint.py)."""

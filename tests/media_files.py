@@ -150,3 +150,21 @@ def silent_flac(seconds: float, rate: int = 16000, header_seconds: float | None 
         for k, row in zip(ks, m.astype(np.uint8)):
             frames[k] = row.tobytes()
     return b"".join([b"fLaC", bytes([0x80, 0, 0, 34]), info, *frames])
+
+
+def speech_like_noise(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
+    """Utterances of 1-8 s of coloured noise in syllable-rate (3-6 Hz) bursts, with
+    0.3-2 s pauses of digital silence between them: a recording's rhythm without words."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    out = np.zeros(n, np.float32)
+    i = 0
+    while i < n:
+        j = min(n, i + int(rng.uniform(1.0, 8.0) * rate))
+        t = np.arange(j - i) / rate
+        syllables = 0.5 - 0.5 * np.cos(2 * np.pi * rng.uniform(3.0, 6.0) * t)
+        noise = rng.standard_normal(j - i).astype(np.float32)
+        noise[1:] += 0.7 * noise[:-1]  # more low than high frequencies, as in speech
+        out[i:j] = 0.1 * syllables * noise
+        i = j + int(rng.uniform(0.3, 2.0) * rate)
+    return out

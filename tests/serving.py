@@ -21,7 +21,9 @@ class Serving:
 
         if key is not None:
             self.key = key
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, as uvicorn's own sockets: asyncio sets TCP_NODELAY only on sockets that
+        # say they are TCP; without it every keep-alive answer waited ~40 ms (Nagle + delayed ACK).
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]

@@ -11,6 +11,8 @@ the GPU.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,76 @@ def test_metal_maps_to_ggml_backend():
     assert [g["kind"] for g in dev.gpu_devices(METAL)] == ["metal"]
 
 
+# Every GPU backend of llama.cpp 0c1e57098 (llama-cpp-python 0.3.36) by the name it registers
+# (its ggml_backend_<x>_reg's get_name, which the engine matches in any case), and the word a
+# user writes for it. CUDA, ROCm, MUSA, SYCL, Vulkan and WebGPU come from the public headers
+# (checked against the installed ones below); Metal ("MTL", ggml-metal.cpp), OpenCL
+# (ggml-opencl.cpp) and CANN (ggml-cann.cpp) name themselves in their sources only.
+GGML_GPU_BACKENDS = {"CUDA": "cuda", "MTL": "metal", "Vulkan": "vulkan", "ROCm": "hip", "SYCL": "sycl",
+                     "MUSA": "musa", "OpenCL": "opencl", "WebGPU": "webgpu", "CANN": "cann"}
+
+
+def test_the_table_is_ggmls_backends():
+    assert {b.registry: word for word, b in dev.BACKENDS.items()} == GGML_GPU_BACKENDS
+    assert set(dev.DEVICES) == {"auto", "cpu", "gpu", *GGML_GPU_BACKENDS.values()}
+
+
+def test_registry_names_match_the_installed_headers():
+    """The names the installed llama.cpp's headers define (its wheel ships them)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llama_cpp")
+    include = Path(spec.origin).parents[1] / "include" if spec and spec.origin else None
+    if include is None or not (include / "ggml-cuda.h").is_file():
+        pytest.skip("llama-cpp-python's headers are not installed")
+    defined = {}
+    for header, macro in (("ggml-cuda.h", "GGML_CUDA_NAME"), ("ggml-sycl.h", "GGML_SYCL_NAME"),
+                          ("ggml-vulkan.h", "GGML_VK_NAME"), ("ggml-webgpu.h", "GGML_WEBGPU_NAME")):
+        text = (include / header).read_text()
+        defined[header] = re.findall(rf'#define\s+{macro}\s+"([^"]+)"', text)
+    assert defined["ggml-cuda.h"] == ["ROCm", "MUSA", "CUDA"]  # HIP, MUSA and CUDA builds of ggml-cuda
+    assert defined["ggml-sycl.h"] == ["SYCL"] and defined["ggml-vulkan.h"] == ["Vulkan"]
+    assert defined["ggml-webgpu.h"] == ["WebGPU"]
+    for names in defined.values():
+        assert set(names) <= set(GGML_GPU_BACKENDS)
+
+
+@pytest.mark.parametrize("registry, word", list(GGML_GPU_BACKENDS.items()))
+def test_every_ggml_gpu_backend_by_name(registry, word):
+    """A build with that backend and two devices, as system_info reports it: the user's
+    word (and ggml's own name, in any case), with or without an index, gives the engine
+    ggml's name in lower case ("mtl:1"), which is what its pick_device matches."""
+    two = {"backends": [registry, "CPU"],
+           "devices": [gpu(f"{registry}0", registry, "first"), gpu(f"{registry}1", registry, "second"), CPU_DEV]}
+    engine = registry.lower()
+    for asked, want in ((word, 0), (f"{word}:1", 1), (word.upper() + ":0", 0), (registry, 0), (f"{registry}:1", 1),
+                        (f"{registry.lower()}:1", 1), ("auto", 0), ("gpu:1", 1)):
+        assert dev.select_device(asked, two) == f"{engine}:{want}", asked
+    assert [g["kind"] for g in dev.gpu_devices(two)] == [word, word]
+    label = dev.BACKENDS[word].label
+    with pytest.raises(DeviceError, match=rf"'{word}:2' does not exist.*2 {re.escape(label)} device"):
+        dev.select_device(f"{word}:2", two)
+    # compiled in, but no device (no driver): says so, not "unknown"
+    with pytest.raises(DeviceError, match=rf"this build has {re.escape(label)}, but it sees no"):
+        dev.select_device(word, {"backends": [registry, "CPU"], "devices": [CPU_DEV]})
+    # not in this build: names the backend and how to get it
+    with pytest.raises(DeviceError, match=rf"{re.escape(label)} is not available in this build \(backends: CPU\)"):
+        dev.select_device(word, CPU_ONLY)
+
+
+def test_metal_on_this_build_says_metal_is_not_in_it(tiny_gguf_f32):
+    """On a machine without Metal, device="metal" is a known device that this build lacks."""
+    if dev.BACKENDS["metal"].registry in pylfm.system_info()["backends"]:
+        pytest.skip("this build has Metal")
+    for word in ("metal", "METAL:0", "mtl"):
+        with pytest.raises(DeviceError) as e:
+            pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device=word)
+        assert "Metal is not available in this build" in str(e.value) and "unknown" not in str(e.value), e.value
+        assert "Apple Silicon" in str(e.value)
+
+
 def test_installed_build_matches_its_system_info():
     info = pylfm.system_info()
     gpus = dev.gpu_devices(info)
@@ -130,19 +202,61 @@ def test_defaults_reject_bad_values(kwargs):
         dev.resolve_defaults("cpu", info=CPU_ONLY, **kwargs)
 
 
-def test_model_uses_the_device_defaults(tiny_gguf_f32, test_device):
-    # on a GPU: 32 sequence slots; on the CPU: 4, and one thread per physical core
-    m = pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device=test_device)
-    want = dev.resolve_defaults(test_device)
-    assert (m.n_threads, m.batch_size) == (want.n_threads, want.batch_size)
-    m.close()
-
-
 def _fake_sysfs(root, siblings):
     for cpu, group in enumerate(siblings):
         topo = root / f"cpu{cpu}" / "topology"
         topo.mkdir(parents=True)
         (topo / "thread_siblings_list").write_text(group + "\n")
+
+
+@pytest.fixture
+def three_cores_six_threads(tmp_path, monkeypatch):
+    """This process sees 6 logical CPUs on 3 physical cores (two hyper-threads each), so a
+    thread count taken from logical CPUs (6), or a constant, cannot pass for the default (3)."""
+    _fake_sysfs(tmp_path, ["0,3", "1,4", "2,5", "0,3", "1,4", "2,5"])
+    monkeypatch.setattr(dev, "SYSFS_CPU", tmp_path)
+    monkeypatch.setattr(dev, "available_cpus_set", lambda: [0, 1, 2, 3, 4, 5])
+    monkeypatch.setattr(dev.sys, "platform", "linux")
+    assert (dev.physical_cores(), dev.available_cpus()) == (3, 6)
+    return 3
+
+
+def test_model_uses_the_device_defaults(tiny_gguf_f32, test_device, three_cores_six_threads):
+    """Model(n_threads=None, batch_size=None, flash_attn=None, sessions=None): the device's
+    defaults; on the CPU 3 threads (the physical cores), 4 slots, no flash attention; on a
+    GPU 32 slots and flash attention. Explicit values are used as given."""
+    want = dev.resolve_defaults(test_device)
+    assert want.n_threads == three_cores_six_threads
+    with pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device=test_device) as m:
+        assert (m.n_threads, m.batch_size, m.flash_attn) == (want.n_threads, want.batch_size, want.flash_attn)
+        gpu_run = want.on_gpu
+        assert (m.batch_size, m.flash_attn, m.sessions) == ((dev.GPU_BATCH_SIZE, True, dev.GPU_SESSIONS) if gpu_run
+                                                            else (dev.CPU_BATCH_SIZE, False, dev.CPU_SESSIONS))
+        assert m.transcribe(chirp(), sample_rate=RATE, max_new_tokens=2).n_tokens > 0
+    with pylfm.Model(tiny_gguf_f32.model_path, tiny_gguf_f32.mmproj_path, device=test_device, n_threads=1,
+                     batch_size=2, flash_attn=not want.flash_attn, sessions=1) as m:
+        assert (m.n_threads, m.batch_size, m.flash_attn, m.sessions) == (1, 2, not want.flash_attn, 1)
+        assert m.transcribe(chirp(), sample_rate=RATE, max_new_tokens=2).n_tokens > 0
+
+
+def test_the_command_line_leaves_the_defaults_to_the_device(tiny_gguf_f32, three_cores_six_threads):
+    """Every command that loads a model leaves --threads and --batch-size unset (None), so
+    the Model picks the device's defaults; the server leaves one physical core to the HTTP
+    side (decoding, speech detection)."""
+    from pylfm.cli import build_parser
+    from pylfm.cli.options import load_model
+
+    model = ["--model", str(tiny_gguf_f32.model_path), "--mmproj", str(tiny_gguf_f32.mmproj_path)]
+    for argv in (["transcribe", "a.wav"], ["speak", "Hi"], ["chat", "a.wav"], ["bench"], ["serve"],
+                 ["corpus", "a.wav", "--out", "o"]):
+        args = build_parser(argv).parse_args(argv + model)
+        assert (args.threads, args.batch_size, args.device) == (None, None, "auto" if argv[0] != "corpus" else None)
+    argv = ["transcribe", "a.wav", *model, "--device", "cpu"]
+    with load_model(build_parser(argv).parse_args(argv)) as m:
+        assert (m.n_threads, m.batch_size, m.flash_attn) == (3, dev.CPU_BATCH_SIZE, False)
+    from pylfm.cli.serve import engine_threads
+
+    assert engine_threads(None) == 2 and engine_threads(5) == 5
 
 
 def test_physical_cores_counts_cores_not_threads(tmp_path, monkeypatch):

@@ -317,3 +317,120 @@ def test_manual_commit_and_bad_chunks(model):
     assert [e.type for e in events if e.type in ("speech_stopped", "completed")] == ["speech_stopped", "completed"]
     with pytest.raises(ValueError, match="closed"):
         t.push(np.zeros(320, np.float32))
+
+
+# ---------------------------------------------------------------------- a spoken conversation
+def test_voice_chat_answers_each_utterance_and_yields_to_the_user(model):
+    """A recording plays the microphone in real time; the speaker is drained in real
+    time. The first question is answered; talking over the second reply interrupts it,
+    and the conversation keeps only what was played of it."""
+    from pylfm.live.voice import SPEAKER_RATE, Speaker, VoiceChat
+
+    espeak = _espeak_or_skip()
+    q1, q2 = espeak("hello, how are you"), espeak("tell me a long story please")
+    mic = np.concatenate([np.zeros(RATE // 4), q1, np.zeros(int(1.6 * RATE)), q2, np.zeros(int(0.7 * RATE)),
+                          espeak("stop"), np.zeros(RATE)]).astype(np.float32)
+    speaker = Speaker()
+    done = threading.Event()
+
+    def sound_card():  # takes 20 ms of audio every 20 ms, as a sound card's callback would
+        while not done.is_set():
+            speaker.take(SPEAKER_RATE // 50)
+            time.sleep(0.02)
+
+    def microphone():
+        t0 = time.monotonic()
+        for i in range(0, len(mic), 320):
+            time.sleep(max(0.0, t0 + i / RATE - time.monotonic()))
+            yield mic[i:i + 320]
+
+    threading.Thread(target=sound_card, daemon=True).start()
+    events = []
+    with model.conversation(**GREEDY, max_new_tokens=400, max_duration=20) as conv:
+        chat = VoiceChat(conv, turn_detection=TurnDetection(silence_duration_ms=300), on_event=events.append)
+        chat.run(microphone(), speaker)
+        done.set()
+        history = conv.history
+    assert chat.replies >= 2 and chat.interruptions >= 1, events
+    assert [h["role"] for h in history][:4] == ["user", "assistant", "user", "assistant"]
+    cut = [h for h in history if h["role"] == "assistant"][1]
+    assert cut["audio_seconds"] < 3.0, "the interrupted reply kept more than was played (about 1 s)"
+
+
+def test_live_chat_without_a_sound_library_says_what_to_install(monkeypatch, capsys):
+    import builtins
+
+    from pylfm.cli import main
+
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *a, **kw):
+        if name == "sounddevice":
+            raise ImportError("No module named 'sounddevice'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    assert main(["chat", "--live"]) == 2
+    err = capsys.readouterr().err
+    assert "pylfm[mic]" in err and "libportaudio2" in err
+
+
+def test_a_turn_read_ahead_gives_the_reply_of_one_read_with_it(model):
+    """prefill() reads the user's turn while they pause; the reply then equals a reply to
+    the same turn read with it. Adding to the turn afterwards takes the read-ahead back."""
+    with model.conversation(**GREEDY, max_new_tokens=24) as a:
+        a.add_audio(CLIP, sample_rate=RATE)
+        first = a.reply()
+        a.add_audio(tone(1.0, 330), sample_rate=RATE)
+        plain = a.reply()
+    with model.conversation(**GREEDY, max_new_tokens=24) as b:
+        b.add_audio(CLIP, sample_rate=RATE)
+        b.prefill()
+        b.add_audio(tone(0.5, 500), sample_rate=RATE)  # they went on: taken back, read again later
+        b.discard_turn()
+        b.add_audio(CLIP, sample_rate=RATE)
+        b.prefill()
+        assert items_of(b.reply()) == items_of(first)
+        b.add_audio(tone(1.0, 330), sample_rate=RATE)
+        b.prefill()
+        read_ahead = b.reply()
+    assert items_of(read_ahead) == items_of(plain)
+
+
+def test_turn_detection_reports_pauses_that_equal_the_utterance():
+    from pylfm.live import SpeechDetector, SpeechPaused, SpeechResumed
+
+    espeak = _espeak_or_skip()
+    words = espeak("one two three four")
+    pcm = np.concatenate([np.zeros(RATE // 2), words, np.zeros(int(0.25 * RATE)), words,
+                          np.zeros(RATE)]).astype(np.float32)
+    det = SpeechDetector(TurnDetection(silence_duration_ms=500))
+    events = []
+    for i in range(0, len(pcm), 320):
+        events += det.push(pcm[i:i + 320])
+    kinds = [type(e).__name__ for e in events]
+    assert "SpeechResumed" in kinds, kinds  # the short pause between the two phrases
+    pauses = [e for e in events if isinstance(e, SpeechPaused)]
+    utt = [e for e in events if type(e).__name__ == "Utterance"]
+    assert len(utt) == 1 and pauses[-1].start == utt[0].start and pauses[-1].end == utt[0].end
+    np.testing.assert_array_equal(pauses[-1].pcm, utt[0].pcm)
+    assert isinstance(events[kinds.index("SpeechResumed")], SpeechResumed)
+
+
+def test_interim_hypotheses_come_before_the_final_transcript(model):
+    espeak = _espeak_or_skip()
+    speech = espeak("this is a longer sentence that keeps going for a while so that we see hypotheses")
+    pcm = np.concatenate([np.zeros(RATE // 4), speech, np.zeros(RATE)]).astype(np.float32)
+    t = model.transcriber(interim=True, interim_interval=0.5, max_new_tokens=16)
+    t0 = time.monotonic()
+    for i in range(0, len(pcm), 320):  # in real time: hypotheses need time to decode
+        time.sleep(max(0.0, t0 + i / RATE - time.monotonic()))
+        t.push(pcm[i:i + 320])
+    t.close()
+    events = list(t.events())
+    kinds = [e.type for e in events]
+    assert "interim" in kinds and kinds.index("interim") < kinds.index("completed"), kinds
+    for e in events:
+        if e.type == "interim":
+            stable = e.stable.split()
+            assert e.utterance == 0 and e.text.split()[:len(stable)] == stable  # agreed words lead the hypothesis

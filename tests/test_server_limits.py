@@ -23,7 +23,7 @@ from pylfm.errors import ModelLoadError, PylfmError
 from pylfm.server import create_app
 from pylfm.server.app import transcription_failure
 
-from media_files import encode, voice_like  # tests/ helpers
+from media_files import encode, speech_like_noise, voice_like  # tests/ helpers
 from serving import Serving
 
 RATE = 16000
@@ -210,6 +210,52 @@ def test_an_upload_in_progress_holds_the_admission_place(model):
         assert post(s, files={"file": ("c.wav", data)}).json()["text"] == want
 
 
+# ---------------------------------------------------------------------- the event loop
+MIB = 2 ** 20
+
+
+@pytest.fixture(scope="session")
+def largest_upload(tmp_path_factory):
+    """The largest recording `pylfm serve` accepts with its default limits: one hour
+    (--max-audio-s 3600) of speech-like noise in a FLAC under 25 MiB (--max-upload-mib):
+    8-bit samples at 16 kHz. Made once per test session."""
+    path = tmp_path_factory.mktemp("largest") / "hour.flac"
+    sf.write(str(path), speech_like_noise(3600.0, RATE, seed=3), RATE, format="FLAC", subtype="PCM_S8")
+    return path
+
+
+def test_health_answers_while_the_largest_upload_is_decoded_and_planned(model, largest_upload):
+    """The default server decodes an hour of audio (~1.5 s here) and runs Silero over it
+    (~10 s) for one request; meanwhile /health, polled every 20 ms, answers within 100 ms
+    (p99): no request's audio work runs on the event loop."""
+    from pylfm.server.service import DEFAULT_MAX_AUDIO_S
+
+    app = create_app(model)  # every limit at its default
+    svc = app.state.pylfm
+    data = largest_upload.read_bytes()
+    assert svc.options.max_duration == DEFAULT_MAX_AUDIO_S == 3600 and svc.options.vad == "silero"
+    assert 20 * MIB < len(data) <= svc.max_upload_bytes == 25 * MIB
+    latencies, admitted = [], []
+    with Serving(app) as s, httpx.Client(base_url=s.url, timeout=30) as poll, ThreadPoolExecutor(1) as pool:
+        poll.get("/health")  # the polling connection is open before the upload starts
+        answer = pool.submit(post, s, files={"file": ("hour.flac", data)}, timeout=600)
+        while not answer.done():
+            t0 = time.perf_counter()
+            r = poll.get("/health")
+            latencies.append(time.perf_counter() - t0)
+            assert r.status_code == 200
+            admitted.append(r.json()["queue"]["admitted"])
+            time.sleep(0.02)
+        r = answer.result()
+    assert r.status_code == 200 and r.json()["text"] == "", r.text  # noise: no window is decoded
+    p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
+    slowest = [round(x * 1000) for x in sorted(latencies)[-3:]]
+    assert p99 < 0.100, (f"/health p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, slowest {slowest} ms "
+                         f"over {len(latencies)} polls")
+    # and the polls did span the work: the request was in the server for most of them
+    assert sum(n == 1 for n in admitted) >= 100, f"{len(latencies)} polls, {sum(admitted)} with the request in"
+
+
 # ---------------------------------------------------------------------- good and bad together
 def test_good_requests_among_bad_ones_get_their_own_answers(server, model):
     """Bad requests in flight beside good ones (one good one held mid-decode until every
@@ -297,3 +343,113 @@ def test_speech_on_a_model_without_speech_ggufs_is_501(server, model):
     server.wait_idle()
     data = wav(chirp(1.5))
     assert post(server, files={"file": ("a.wav", data)}).json()["text"] == transcribe(model, data).text
+
+
+# ---------------------------------------------------------------------- speech: bounded like transcriptions
+GREEDY = {"temperature": 0, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def speaker(tiny_speech_f32):
+    """The tiny model with its speech GGUFs: it can speak."""
+    with pylfm.Model(tiny_speech_f32.model_path, tiny_speech_f32.mmproj_path, device="cpu", n_threads=1,
+                     batch_size=2) as m:
+        yield m
+
+
+def speak_post(s, body, **kw):
+    return httpx.post(s.url + "/v1/audio/speech", json=body, timeout=kw.pop("timeout", 60), **kw)
+
+
+def test_speech_is_never_cut_silently(speaker, caplog):
+    """--max-speech-s 0.4 (5 frames), which the tiny model talks past (the library says
+    so: stop reason "length"). Without max_duration the input must be spoken whole, so
+    that answer is 400 naming the limit in every file format, and a pcm stream (already
+    under way when the limit is reached) ends without its last chunk; the same request with
+    max_duration 0.4 asks for the cut and gets the library's audio with X-Speech-Stop-Reason
+    "length". Text that cannot fit at all, or a larger max_duration, is 400 up front."""
+    text = "Hi."
+    direct = speaker.speak(text, max_duration=0.4, **GREEDY)
+    assert direct.stop_reason == "length" and len(direct.codes) == 5
+    with Serving(create_app(speaker, max_speech_s=0.4)) as s, caplog.at_level(logging.WARNING, "pylfm.server"):
+        for fmt in ("wav", "mp3", "flac", "opus"):
+            r = speak_post(s, {"input": text, "response_format": fmt, **GREEDY})
+            assert r.status_code == 400, (fmt, r.text)
+            err = error_of(r)
+            assert (err["param"], err["code"]) == ("input", "input_too_long")
+            assert "at most 0.4 s" in err["message"] and "--max-speech-s" in err["message"]
+        with httpx.stream("POST", s.url + "/v1/audio/speech", json={"input": text, "response_format": "pcm", **GREEDY},
+                          timeout=60) as r:
+            assert r.status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete"):
+                r.read()  # a broken transfer, never a complete-looking short answer
+        assert "speech stream cut" in caplog.text
+        for fmt in ("wav", "pcm"):  # asked for: the cut is the answer
+            r = speak_post(s, {"input": text, "response_format": fmt, "max_duration": 0.4, **GREEDY})
+            assert r.status_code == 200, r.text
+            if fmt == "wav":
+                assert r.headers["X-Speech-Stop-Reason"] == "length"
+                audio, rate = sf.read(io.BytesIO(r.content), dtype="float32")
+                assert rate == 24000 and len(audio) == len(direct.audio)
+            else:
+                assert len(r.content) == 2 * len(direct.audio)
+        r = speak_post(s, {"input": text, "max_duration": 0.5})
+        assert r.status_code == 400 and error_of(r)["param"] == "max_duration"
+        assert "at most 0.4 s" in error_of(r)["message"]
+        r = speak_post(s, {"input": "Hello there, friend."})  # 20 characters: at least 0.8 s
+        assert r.status_code == 400 and "needs at least 0.8 s of speech" in error_of(r)["message"]
+        s.wait_idle()
+
+
+def test_speech_and_transcriptions_share_the_queue(speaker):
+    """queue_size=1: a speech request being prepared holds the one place (/health counts
+    it; a transcription and another speech request get 503), and a transcription being
+    decoded holds it against speech."""
+    app = create_app(speaker, vad="energy", queue_size=1, max_new_tokens=MAX_NEW, window=WINDOW)
+    svc = app.state.pylfm
+    entered, released = threading.Event(), threading.Event()
+    real = svc.speech_job
+
+    def held(text, options):  # on the request's worker thread, as a slow start would
+        job = real(text, options)
+        entered.set()
+        assert released.wait(HOLD_S)
+        return job
+
+    body = {"input": "Hi.", "max_duration": 0.4, "response_format": "wav", **GREEDY}
+    data = wav(chirp(1.5))
+    svc.speech_job = held
+    with Serving(app) as s, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(speak_post, s, body)
+        assert entered.wait(HOLD_S)
+        assert s.health()["queue"]["admitted"] == 1
+        for busy in (post(s, files={"file": ("a.wav", data)}), speak_post(s, body)):
+            assert busy.status_code == 503 and error_of(busy)["code"] == "server_busy", busy.text
+        released.set()
+        assert first.result(HOLD_S).status_code == 200
+        s.wait_idle()
+        del svc.speech_job
+        with Held(app) as transcribing:
+            first = pool.submit(post, s, files={"file": ("a.wav", data)})
+            assert transcribing.entered.wait(HOLD_S)
+            busy = speak_post(s, body)
+            assert busy.status_code == 503, busy.text
+            transcribing.release()
+            assert first.result(HOLD_S).status_code == 200
+        s.wait_idle()
+        assert speak_post(s, body).status_code == 200
+
+
+def test_the_memory_bound_counts_speech_requests(model):
+    """Each admitted place is counted at the larger of a transcription's upload and
+    decoded audio and a speech request's body and generated audio (README, Server)."""
+    svc = create_app(model).state.pylfm
+    transcription = 25 * MIB + 2.5 * 16000 * 4 * 3600
+    assert svc.request_bytes == int(transcription) and svc.memory_bound == 16 * int(transcription)
+    assert 8.9 * 1024 * MIB < svc.memory_bound < 9.0 * 1024 * MIB  # "about 9 GiB"
+    svc = create_app(model, max_audio_s=60, max_speech_s=600, queue_size=4).state.pylfm
+    speech = 1 * MIB + 3 * 24000 * 4 * 600
+    assert svc.request_bytes == int(speech) and speech > 25 * MIB + 2.5 * 16000 * 4 * 60
+    assert svc.memory_bound == 4 * int(speech)
+    with pytest.raises(ValueError, match="max_speech_s"):
+        create_app(model, max_speech_s=0)

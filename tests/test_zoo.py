@@ -435,7 +435,43 @@ SERVER_CASES = [
          status=400),
 ]
 
-CASES: List[Case] = AUDIO_CASES + MODEL_CASES + OPTION_CASES + TEXT_CASES + OUTPUT_CASES + SERVER_CASES
+
+
+# ----------------------------------------------------------------- what the speech route is sent
+def _speech(body: Any = None, raw: Optional[bytes] = None, chunked: bool = False,
+            **server: Any) -> Callable[[Zoo], Dict[str, Any]]:
+    """A request to /v1/audio/speech: a JSON ``body`` or ``raw`` bytes (``chunked``: sent
+    without a Content-Length), to the zoo's server or to one with ``server`` settings."""
+    return lambda z: {"json": body, "raw": raw, "chunked": chunked, "server": server}
+
+
+_HUGE_JSON = json.dumps({"input": "a" * (3 * 2 ** 19)}).encode()  # 1.5 MiB
+
+SPEECH_CASES = [
+    Case("speech body over the limit", "speech", _speech(raw=_HUGE_JSON),
+         "request body is larger than this server's limit of 1 MiB", status=413),
+    Case("speech body over the limit, length not declared", "speech", _speech(raw=_HUGE_JSON, chunked=True),
+         "request body is larger than this server's limit of 1 MiB", status=413),
+    Case("speech body over a small upload limit", "speech", _speech(raw=json.dumps({"input": "x" * 2000}).encode(),
+                                                                    max_upload_mib=1 / 1024),
+         "larger than this server's limit of 1 KiB", status=413),
+    Case("speech max_duration over the server's limit", "speech", _speech({"input": "Hi.", "max_duration": 301}),
+         r"max_duration is 301 s; this server makes at most 300 s of speech per request \(pylfm serve --max-speech-s\)",
+         status=400),
+    Case("speech max_duration NaN", "speech", _speech(raw=b'{"input": "Hi.", "max_duration": NaN}'),
+         "max_duration must be a positive number", status=400),
+    Case("speech max_duration a string", "speech", _speech({"input": "Hi.", "max_duration": "long"}),
+         "max_duration must be a positive number", status=400),
+    Case("speech input longer than the server's limit", "speech", _speech({"input": "word " * 80}, max_speech_s=10),
+         r"needs at least 16.0 s of speech; this server makes at most 10 s per request \(pylfm serve --max-speech-s\)",
+         status=400),
+    Case("speech input over 4096 characters", "speech", _speech({"input": "x" * 4097}), "the limit is 4096",
+         status=400),
+    Case("speech body not JSON", "speech", _speech(raw=b"input=hello"), "not JSON", status=400),
+]
+
+CASES: List[Case] = (AUDIO_CASES + MODEL_CASES + OPTION_CASES + TEXT_CASES + OUTPUT_CASES + SERVER_CASES
+                     + SPEECH_CASES)
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -727,7 +763,7 @@ def _post(server, files=None, data=None, content=None, headers=None):
                       headers=headers, timeout=120)
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.status is not None], ids=str)
+@pytest.mark.parametrize("case", [c for c in CASES if c.status is not None and c.kind != "speech"], ids=str)
 def test_server(case, zoo, model, server):
     """The same bad inputs sent to ``pylfm serve``: the documented 4xx with OpenAI's error
     body, never a 5xx, and the next good request answered as before."""
@@ -752,6 +788,41 @@ def test_server(case, zoo, model, server):
         return
     body = r.json()["error"]
     assert body["message"] and re.search(case.message, body["message"]), body
+    good = _post(server, files={"file": ("good.wav", zoo.good[1].read_bytes())})
+    assert good.status_code == 200 and good.json()["text"] == model.transcribe(zoo.good[1], max_new_tokens=TOKENS).text
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.kind == "speech"], ids=str)
+def test_speech_server(case, zoo, model, server):
+    """Bad requests to ``/v1/audio/speech``: the documented 4xx naming the limit, before
+    any speech is generated (the zoo's model has no speech GGUFs: anything that got that
+    far would be a 501), and the server goes on answering."""
+    import httpx
+
+    from pylfm.server import create_app
+    from serving import Serving
+
+    made = _build(case, zoo)
+    raw = made["raw"]
+    content = (iter([raw[i:i + 65536] for i in range(0, len(raw), 65536)]) if made["chunked"] else raw) \
+        if raw is not None else None
+
+    def send(s):
+        return httpx.post(s.url + "/v1/audio/speech", json=made["json"] if raw is None else None, content=content,
+                          headers={"Content-Type": "application/json"}, timeout=120)
+
+    if made["server"]:
+        with Serving(create_app(model, max_new_tokens=TOKENS, **made["server"])) as s:
+            r = send(s)
+    else:
+        r = send(server)
+    assert r.status_code == case.status, r.text
+    if made["chunked"]:
+        assert "content-length" not in {k.lower() for k in r.request.headers}
+    body = r.json()["error"]
+    assert body["message"] and re.search(case.message, body["message"]), body
+    unavailable = httpx.post(server.url + "/v1/audio/speech", json={"input": "Hi."}, timeout=120)
+    assert unavailable.status_code == 501  # a good request gets as far as the model (which cannot speak)
     good = _post(server, files={"file": ("good.wav", zoo.good[1].read_bytes())})
     assert good.status_code == 200 and good.json()["text"] == model.transcribe(zoo.good[1], max_new_tokens=TOKENS).text
 

@@ -79,6 +79,7 @@ struct Engine::Prompt {
 struct Engine::Slot {
     llama_seq_id seq = 0;
     bool reserved = false;  // owned by a session: its sequence outlives requests
+    bool prefill_only = false;  // the request takes its prompt in and generates nothing
     enum Phase { Idle, Prefill, Generate } phase = Idle;
     llama_pos n_past = 0;
 
@@ -412,7 +413,9 @@ bool Engine::prefill_some(Slot& s, int budget) {
     while (s.seg < s.prompt.segs.size()) {
         auto& seg = s.prompt.segs[s.seg];
         const bool last_seg = s.seg + 1 == s.prompt.segs.size();
-        const int end_of_seg = last_seg ? seg.n - 1 : seg.n;  // the prompt's last row waits for the step
+        // the prompt's last row waits for the step (its output starts the generation), unless
+        // the request only takes its prompt in
+        const int end_of_seg = last_seg && !s.prefill_only ? seg.n - 1 : seg.n;
         if (s.seg_off >= end_of_seg) {
             if (last_seg) break;
             ++s.seg;
@@ -435,8 +438,13 @@ bool Engine::prefill_some(Slot& s, int budget) {
     }
     s.result->prefill_ms += ms_since(t0);
     const bool in = s.seg + 1 >= s.prompt.segs.size() &&
-                    s.seg_off >= s.prompt.segs[s.seg].n - 1;
+                    s.seg_off >= s.prompt.segs[s.seg].n - (s.prefill_only ? 0 : 1);
     if (!in) return false;
+    if (s.prefill_only) {  // in whole: nothing to generate
+        s.result->turn_taken = true;
+        s.prompt = Prompt();
+        return true;
+    }
     // the last row becomes the first input of generation
     const auto& last = s.prompt.segs.back();
     s.next_is_item = false;
@@ -515,6 +523,18 @@ void Engine::rollback_session(int session) {
     if (!llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, s.ckpt_pos, -1))
         throw engine_error("could not remove the cut part of the reply");
     s.n_past = s.ckpt_pos;
+}
+
+void Engine::undo_turn(int session) {
+    Slot& s = session_slot(session);
+    if (s.busy()) throw std::invalid_argument("the session is still busy; cancel its request first");
+    bool ok = true;
+    if (s.turn_pos > 0)
+        ok = llama_state_seq_set_data_ext(ctx_, s.turn_ckpt.data(), s.turn_ckpt.size(), s.seq,
+                                          LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == s.turn_ckpt.size();
+    ok = ok && llama_memory_seq_rm(llama_get_memory(ctx_), s.seq, s.turn_pos, -1);
+    if (!ok) throw engine_error("could not take the last turn back out of the conversation");
+    s.n_past = s.turn_pos;
 }
 
 int Engine::session_n_past(int session) const { return session_slot(session).n_past; }
@@ -697,7 +717,9 @@ void Engine::take_in(std::vector<Event>& events) {
                 waiting_ = std::move(r);
                 return;
             }
-            grow_context(std::min(max_ctx_seq_, (need + 255) / 256 * 256));
+            // at least double: a conversation's history grows every turn, and each growth waits
+            // for the busy sequences to finish and moves every session over
+            grow_context(std::min(max_ctx_seq_, (std::max(need, 2 * n_ctx_seq_) + 255) / 256 * 256));
         }
         if (slot->n_past + p.n_rows + 1 > n_ctx_seq_)
             throw std::length_error("the request needs " + std::to_string(p.n_rows) + " prompt tokens" +
@@ -733,6 +755,9 @@ void Engine::take_in(std::vector<Event>& events) {
         s.seg_off = 0;
         s.pending.clear();
         s.steps = 0;
+        // a session request that generates nothing only takes its prompt in (a turn read
+        // ahead while the user may still go on: undo_turn takes it back out)
+        s.prefill_only = s.reserved && max_new == 0;
         if (!s.speech) {
             Choice c;
             c.temperature = s.params.temperature;
@@ -1016,7 +1041,7 @@ void Engine::run(const EventSink& sink) {
                 if (sp->phase != Slot::Prefill) continue;
                 const bool others = generating() > 0;
                 try {
-                    prefill_some(*sp, others ? kPrefillSlice : 1 << 30);
+                    if (prefill_some(*sp, others ? kPrefillSlice : 1 << 30) && sp->prefill_only) finish(*sp, "stop", events);
                 } catch (const Cancelled&) {
                     // swept next turn (the flag stays set)
                 } catch (const std::exception& e) {

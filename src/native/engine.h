@@ -166,6 +166,7 @@ public:
     void close_session(int session);    // frees its sequence (its running request is cancelled)
     void rollback_session(int session); // back to the checkpoint taken at the start of its last reply
     void reset_session(int session);    // empty history
+    void undo_turn(int session);        // back to before the session's last request took its prompt in
     int session_n_past(int session) const;
     bool session_busy(int session) const;
 

@@ -281,6 +281,8 @@ PYBIND11_MODULE(_core, m) {
         .def("rollback_session", &Engine::rollback_session, py::call_guard<py::gil_scoped_release>(),
              "Back to the checkpoint taken at the start of the session's last reply.")
         .def("reset_session", &Engine::reset_session, py::call_guard<py::gil_scoped_release>())
+        .def("undo_turn", &Engine::undo_turn, py::call_guard<py::gil_scoped_release>(),
+             "Back to before the session's last request took its prompt in (a turn read ahead).")
         .def("session_n_past", &Engine::session_n_past)
         .def("session_busy", &Engine::session_busy)
         .def("load_speech", &Engine::load_speech, py::arg("vocoder"), py::arg("detokenizer"),

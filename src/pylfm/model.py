@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .audio.load import AudioInput, load_audio
-from .engine.device import available_cpus, check_device
+from .engine.device import CPU_SESSIONS, GPU_SESSIONS, resolve_defaults
 from .engine.native import call_engine, open_engine
 from .engine.prompt import ASR_SYSTEM_PROMPT, prompt_parts
 from .engine.scheduler import Scheduler
@@ -46,51 +46,63 @@ class Model:
             Hugging Face repo id (default: ``$PYLFM_MODEL`` or LiquidAI/LFM2.5-Audio-1.5B-GGUF).
         mmproj: path to the ``mmproj-*.gguf`` (default: ``$PYLFM_MMPROJ`` or found next to model).
         device: "auto" (CUDA or Metal when the build has it, else CPU), "cpu", "gpu",
-            "cuda", "metal", ... optionally with an index ("cuda:1").
-        n_threads: CPU threads (default: the CPUs available to this process).
-        batch_size: sequence slots: how many windows (of any calls) decode at once.
+            "cuda", "metal", "vulkan", "hip", "sycl", ... optionally with an index
+            ("cuda:1"); see `pylfm.engine.device.BACKENDS`.
+        n_threads: CPU threads (default: one per physical core available to this process).
+        batch_size: sequence slots: how many windows (of any calls) decode at once
+            (default: 4 on the CPU, 32 on a GPU).
         n_ctx: context per sequence in tokens; default: sized to fit each window
             (grown when a longer one arrives). A fixed n_ctx cuts generation that does
             not fit (stop reason "context").
         quant: which quantization to pick when downloading from the hub.
-        flash_attn: let llama.cpp use flash attention where the backend supports it.
+        flash_attn: let llama.cpp use flash attention where the backend supports it
+            (default: on a GPU yes, on the CPU no).
         sessions: live conversations the model keeps at once (each owns a sequence of
-            the engine beside the ``batch_size`` ones).
+            the engine beside the ``batch_size`` ones; default 4 on the CPU, 16 on a GPU).
         verbose: echo llama.cpp's own log to stderr.
+
+    ``None`` (the default of n_threads, batch_size, flash_attn, sessions) is the device's
+    default (`pylfm.engine.device.resolve_defaults`); ``model.device``, ``n_threads``,
+    ``batch_size``, ``flash_attn`` and ``sessions`` say what was used.
 
     Thread safety: one Model may be shared by any number of threads (and server
     requests); their windows are batched together by the model's scheduler.
     """
 
     def __init__(self, model: Optional[Union[str, os.PathLike]] = None, mmproj: Optional[Union[str, os.PathLike]] = None,
-                 *, device: str = "auto", n_threads: Optional[int] = None, batch_size: int = 4,
-                 n_ctx: Optional[int] = None, quant: str = DEFAULT_QUANT, flash_attn: bool = False,
-                 sessions: int = 4, verbose: bool = False) -> None:
-        device = check_device(device)
-        _positive_int("batch_size", batch_size)
-        _positive_int("sessions", sessions, 0)
-        if n_threads is not None:
-            _positive_int("n_threads", n_threads, 0)  # 0: the default
-        n_threads = n_threads or available_cpus()
+                 *, device: str = "auto", n_threads: Optional[int] = None, batch_size: Optional[int] = None,
+                 n_ctx: Optional[int] = None, quant: str = DEFAULT_QUANT, flash_attn: Optional[bool] = None,
+                 sessions: Optional[int] = None, verbose: bool = False) -> None:
+        if sessions is not None:
+            _positive_int("sessions", sessions, 0)
         if n_ctx is not None:
             _positive_int("n_ctx", n_ctx, 64)
+        # The user's device word becomes ggml's ("metal" -> "mtl:0"), and what was left
+        # None becomes the device's default, in one place.
+        chosen = resolve_defaults(device, n_threads, batch_size, flash_attn)
+        if sessions is None:
+            sessions = GPU_SESSIONS if chosen.on_gpu else CPU_SESSIONS
         model_path, mmproj_path = resolve(model, mmproj, quant)
-        self._engine = open_engine(model_path, mmproj_path, n_threads=n_threads, device=device, n_ctx=n_ctx,
-                                   batch_size=batch_size + sessions, flash_attn=flash_attn, verbose=verbose)
+        self._engine = open_engine(model_path, mmproj_path, n_threads=chosen.n_threads, device=chosen.device,
+                                   n_ctx=n_ctx, batch_size=chosen.batch_size + sessions, flash_attn=chosen.flash_attn,
+                                   verbose=verbose)
         self.model_path = model_path
         self.mmproj_path = mmproj_path
-        self.n_threads = n_threads
-        self.batch_size = batch_size
-        self.sessions = sessions
+        self.n_threads: int = chosen.n_threads
+        self.batch_size: int = chosen.batch_size
+        self.flash_attn: bool = chosen.flash_attn
+        self.sessions: int = sessions
         self.sample_rate: int = self._engine.sample_rate
         self.n_vocab: int = self._engine.n_vocab
         self.device: str = self._engine.device
         self.load_ms: float = self._engine.load_ms
-        self.scheduler = Scheduler(self._engine, batch_size)
+        self.scheduler = Scheduler(self._engine, self.batch_size)
         #: speech output (`speak`, `chat`, conversations) on this model's backbone, loaded on first use
         self.speech_runtime = SpeechRuntime(self._engine, self.scheduler, model_path, max_sessions=sessions)
         self._finalizer = weakref.finalize(self, self.scheduler.close)
-        log.info("loaded %s + %s on %s in %.0f ms", model_path.name, mmproj_path.name, self.device, self.load_ms)
+        log.info("loaded %s + %s on %s in %.0f ms (%d threads, %d slots, %d sessions, flash attention %s)",
+                 model_path.name, mmproj_path.name, self.device, self.load_ms, self.n_threads, self.batch_size,
+                 sessions, "auto" if self.flash_attn else "off")
 
     def __repr__(self) -> str:
         return f"Model(model={str(self.model_path)!r}, mmproj={str(self.mmproj_path)!r}, device={self.device!r})"
@@ -324,9 +336,12 @@ class Model:
                 "UK male"), added to the system prompt as "Use the ... voice."
             mode: "interleaved" (fixed pattern of 6 text tokens and 12 audio frames: the
                 lowest latency) or "sequential" (the model switches modality itself).
-            temperature, top_k: sampling of audio codes; text_temperature: of text (0 = greedy).
+            temperature: sampling temperature of audio codes.
+            top_k: top-k of audio codes.
+            text_temperature: sampling temperature of text (0 = greedy).
             seed: makes sampling reproducible.
-            max_new_tokens, max_duration: bounds of each reply (steps; seconds of speech).
+            max_new_tokens: the most steps (text tokens + audio frames) of each reply.
+            max_duration: the most seconds of speech of each reply.
             max_context: positions the history may take; the oldest turns are dropped
                 (and counted in ``dropped_turns``) beyond it.
 

@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       "(shared path or hub cache)")
     MMPROJ.add(m, help="audio encoder mmproj GGUF (default: next to --model)")
     DEVICE.add(m, default=None, help="model device (default: auto with GPUs, else cpu)")
-    BATCH_SIZE.add(m, help="sequences each model decodes at once (default 4)")
+    BATCH_SIZE.add(m, help="sequences each model decodes at once (default: 4 on the CPU, 32 on a GPU)")
     MAX_NEW_TOKENS.add(m)
     SYSTEM.add(m)
     PROMPT.add(m)

@@ -36,9 +36,12 @@ class Option:
 MODEL = Option("--model", "-m", help="text-model GGUF, a folder with both GGUFs, or a hub repo id "
                                      "(default: $PYLFM_MODEL or LiquidAI/LFM2.5-Audio-1.5B-GGUF)")
 MMPROJ = Option("--mmproj", help="audio encoder mmproj GGUF (default: $PYLFM_MMPROJ or next to --model)")
-DEVICE = Option("--device", default="auto", help="auto (default), cpu, cuda, metal, gpu; optionally :N")
-THREADS = Option("--threads", "-t", type=int, default=None, help="CPU threads (default: all available)")
-BATCH_SIZE = Option("--batch-size", type=int, default=4, help="windows/files decoded in parallel (default 4)")
+DEVICE = Option("--device", default="auto",
+                help="auto (default), cpu, gpu, cuda, metal, vulkan, hip, sycl, ...; optionally :N (cuda:1)")
+# None: the device's default (pylfm.engine.device.resolve_defaults), as for pylfm.Model
+THREADS = Option("--threads", "-t", type=int, default=None, help="CPU threads (default: one per physical core)")
+BATCH_SIZE = Option("--batch-size", type=int, default=None,
+                    help="windows/files decoded in parallel (default: 4 on the CPU, 32 on a GPU)")
 VERBOSE = Option("--verbose", "-v", action="store_true", help="show llama.cpp's log")
 VOCODER = Option("--vocoder", help="audio head GGUF (default: $PYLFM_VOCODER or vocoder-*.gguf next to the model)")
 DETOKENIZER = Option("--detokenizer", help="audio detokenizer GGUF (default: $PYLFM_DETOKENIZER or "

@@ -10,13 +10,15 @@ import argparse
 import ipaddress
 import logging
 import os
+from typing import Optional
 
 import fastapi  # noqa: F401 - the server extra
 import python_multipart  # noqa: F401
 import uvicorn
 
-from ..engine.device import available_cpus
-from ..server import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME, create_app
+from ..engine.device import CPU_SESSIONS, GPU_SESSIONS, physical_cores
+from ..server import (DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_SPEECH_S, DEFAULT_MODEL_NAME,
+                      create_app)
 from ..server.realtime import RealtimeSettings
 from ..speech.voices import MODES, VOICES
 from ..transcription.options import DEFAULT_CUE_S
@@ -27,7 +29,7 @@ log = logging.getLogger("pylfm.server")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p, threads=dict(
-        help="CPU threads for the engine (default: all available but one, left to the HTTP side)"))
+        help="CPU threads for the engine (default: one per physical core but one, left to the HTTP side)"))
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1, this machine only; 0.0.0.0 for all)")
@@ -39,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="largest accepted upload in MiB (default 25)")
     g.add_argument("--max-audio-s", type=float, default=DEFAULT_MAX_AUDIO_S,
                    help=f"longest accepted recording in seconds (default {DEFAULT_MAX_AUDIO_S:g})")
+    g.add_argument("--max-speech-s", type=float, default=DEFAULT_MAX_SPEECH_S,
+                   help=f"most speech one /v1/audio/speech request makes, in seconds; longer input is refused "
+                        f"(default {DEFAULT_MAX_SPEECH_S:g})")
     g.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
                    help=f"longest accepted prompt in tokens (default {DEFAULT_MAX_PROMPT_TOKENS})")
     g.add_argument("--queue", type=int, default=16,
@@ -53,9 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     VAD.add(d, help="speech detector for long recordings (default silero)")
     FIXED_TOKENS.add(d)
     rt, r = RealtimeSettings(), p.add_argument_group("voice chat (/v1/realtime, /v1/chat/completions, the page at /)")
-    r.add_argument("--sessions", type=int, default=4,
+    r.add_argument("--sessions", type=int, default=None,
                    help="speech-to-speech conversations at once (each keeps its history in one of the engine's "
-                        "session slots; default 4)")
+                        f"session slots; default {CPU_SESSIONS} on a CPU, {GPU_SESSIONS} on a GPU)")
     r.add_argument("--open", action="store_true", help="open the voice chat page in a browser once serving")
     r.add_argument("--voice", choices=VOICES, default=rt.voice, help=f"default voice of replies (default {rt.voice})")
     r.add_argument("--reply-mode", choices=MODES, default=rt.mode,
@@ -89,13 +94,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def engine_threads(threads: Optional[int]) -> int:
+    """``--threads``, else one per physical core but one: that core decodes uploads and
+    runs the speech detector beside the engine (llama.cpp's threads spin while they wait
+    for each other, so a core shared with other work slows every step)."""
+    return threads if threads else max(1, physical_cores() - 1)
+
+
 def main(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("PYLFM_API_KEY") or None
     if not _is_loopback(args.host) and not api_key:
         log.warning("listening on %s without --api-key: anyone who can reach this port can use the server",
                     args.host)
-    if args.threads is None:  # leave a core to the HTTP side
-        args.threads = max(1, available_cpus() - 1)
+    args.threads = engine_threads(args.threads)
     realtime = RealtimeSettings(max_connections=args.realtime_max_connections,
                                 max_session_s=args.realtime_max_session_s,
                                 idle_timeout_s=args.realtime_idle_timeout_s,
@@ -106,7 +117,11 @@ def main(args: argparse.Namespace) -> int:
     app = create_app(model, api_key=api_key, max_upload_mib=args.max_upload_mib, queue_size=args.queue,
                      model_name=args.model_name, max_new_tokens=args.max_new_tokens, window=args.window,
                      max_cue=args.max_cue, max_audio_s=args.max_audio_s, max_prompt_tokens=args.max_prompt_tokens,
-                     vad=vad_method(args.vad), fixed_tokens=args.fixed_tokens, realtime=realtime)
+                     vad=vad_method(args.vad), fixed_tokens=args.fixed_tokens, max_speech_s=args.max_speech_s,
+                     realtime=realtime)
+    svc = app.state.pylfm
+    log.info("requests hold at most %.0f MiB beyond the model (--queue %d x %.0f MiB)", svc.memory_bound / 2**20,
+             args.queue, svc.request_bytes / 2**20)
     print(f"pylfm: serving {model.model_path.name} on {model.device} at http://{args.host}:{args.port}/v1 "
           f"(model id {args.model_name!r}); voice chat at {_page_url(args.host, args.port)}", flush=True)
     if args.open:

@@ -60,7 +60,7 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
                       mmproj: Optional[str] = None, fmt: Optional[str] = None, resume: bool = False,
                       actors: Optional[int] = None, gpus_per_actor: Optional[float] = None,
                       cpus_per_actor: Optional[float] = None, threads: Optional[int] = None,
-                      device: Optional[str] = None, batch_size: int = 4, files_per_call: Optional[int] = None,
+                      device: Optional[str] = None, batch_size: Optional[int] = None, files_per_call: Optional[int] = None,
                       max_duration: Optional[float] = DEFAULT_MAX_DURATION_S, path_column: Optional[str] = None,
                       address: Optional[str] = None, num_cpus: Optional[int] = None, progress: bool = True,
                       **options: Any) -> CorpusSummary:
@@ -80,7 +80,8 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
         cpus_per_actor: CPUs each actor reserves (default 1 with GPUs, else all of a node's).
         threads: llama.cpp CPU threads per actor (default: ``cpus_per_actor``).
         device: the model's device (default "auto" with GPUs, else "cpu").
-        batch_size: sequences each model decodes at once (`pylfm.Model`'s batch_size).
+        batch_size: sequences each model decodes at once (`pylfm.Model`'s batch_size;
+            default: its device's, 4 on the CPU, 32 on a GPU).
         files_per_call: files per actor call and per output file (default 4 x batch_size).
         max_duration: longer files are error rows (seconds; None for no limit).
         address: a Ray cluster to join ("auto", "ray://host:10001"); default:
@@ -96,11 +97,10 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
 
     TranscribeOptions(**options)  # bad options fail here, not in every actor
     fmt = _format(out, fmt)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_duration is not None and not max_duration > 0:
         raise ValueError(f"max_duration must be > 0 seconds (or None for no limit), got {max_duration}")
-    files_per_call = files_per_call or 4 * batch_size
     model, mmproj = _absolute(model), _absolute(mmproj)
     locations = expand_inputs(inputs, path_column=path_column)
 
@@ -123,6 +123,10 @@ def transcribe_corpus(inputs: Iterable[str], out: str, *, model: Optional[str] =
 
         _init_ray(address, num_cpus, progress)
         plan = _plan(actors, gpus_per_actor, cpus_per_actor, threads, device)
+        if files_per_call is None:  # the model's slots, 4 times over (its default: the device's)
+            from ..engine.device import CPU_BATCH_SIZE, GPU_BATCH_SIZE
+
+            files_per_call = 4 * (batch_size or (GPU_BATCH_SIZE if plan["gpus_per_actor"] else CPU_BATCH_SIZE))
         _note(progress, f"{len(todo)} files on {plan['actors']} actor(s) "
               f"({plan['gpus_per_actor']:g} GPU, {plan['cpus_per_actor']:g} CPU, {plan['threads']} threads each)")
         from . import pipeline

@@ -60,7 +60,7 @@ class Transcriber:
     """Ray Data actor: one `pylfm.Model` loaded in ``__init__`` and used for every batch."""
 
     def __init__(self, model: Optional[str], mmproj: Optional[str], device: str, n_threads: Optional[int],
-                 batch_size: int, options: Dict[str, Any]) -> None:
+                 batch_size: Optional[int], options: Dict[str, Any]) -> None:
         from ..model import Model
 
         self.model = Model(model, mmproj, device=device, n_threads=n_threads, batch_size=batch_size)
@@ -83,7 +83,7 @@ class Transcriber:
 # ---------------------------------------------------------------------- the job
 def build_dataset(locations: List[str], *, model: Optional[str], mmproj: Optional[str], actors: int,
                   gpus_per_actor: float, cpus_per_actor: float, n_threads: Optional[int], device: str,
-                  batch_size: int, files_per_call: int, max_duration: Optional[float],
+                  batch_size: Optional[int], files_per_call: int, max_duration: Optional[float],
                   options: Dict[str, Any]) -> Any:
     """The lazy Ray Dataset of output rows (nothing runs until it is written)."""
     import ray.data

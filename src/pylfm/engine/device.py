@@ -1,9 +1,10 @@
 """Device strings, and the defaults a user of each device expects.
 
 A device is "auto" (the first GPU this build can use, else the CPU), "cpu", "gpu" (any
-GPU backend), or a backend: "cuda", "metal", "vulkan", "sycl", "hip"; optionally with an
-index among that backend's devices ("cuda:1" is the second CUDA GPU, "gpu:1" the second
-GPU of any backend).
+GPU backend), or a backend: "cuda", "metal", "vulkan", "sycl", "hip", ... (`BACKENDS`; ggml's
+own registry name, e.g. "mtl" or "rocm", is accepted as well); optionally with an index
+among that backend's devices ("cuda:1" is the second CUDA GPU, "gpu:1" the second GPU of
+any backend). The engine is handed ggml's form, "<registry name>:<index>" ("mtl:0").
 
 `resolve_defaults` turns what the user asked for into what the engine gets:
 
@@ -28,17 +29,45 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ..errors import DeviceError
 
-DEVICES = ("auto", "cpu", "gpu", "cuda", "metal", "vulkan", "sycl", "hip")
+class Backend(NamedTuple):
+    """A GPU backend of ggml: its registry name (what ``ggml_backend_reg_name`` returns,
+    which the engine matches, in any case), the name users know, and the llama-cpp-python
+    build flag that compiles it in ("" where the build has it by default)."""
 
-# ggml's backend registry name for each device kind a user writes.
-BACKENDS = {"cuda": "CUDA", "metal": "MTL", "vulkan": "Vulkan", "sycl": "SYCL", "hip": "ROCm"}
-_KIND_OF_BACKEND = {v: k for k, v in BACKENDS.items()}
-_LABEL = {"cuda": "CUDA", "metal": "Metal", "vulkan": "Vulkan", "sycl": "SYCL", "hip": "HIP (ROCm)"}
-_BUILD_FLAG = {"cuda": "-DGGML_CUDA=on", "vulkan": "-DGGML_VULKAN=on", "sycl": "-DGGML_SYCL=on",
-               "hip": "-DGGML_HIP=on"}
+    registry: str
+    label: str
+    build_flag: str
+
+
+# The one table from the word a user writes to ggml's backend. Registry names as llama.cpp
+# 0c1e57098 (llama-cpp-python 0.3.36) registers them, each its ggml_backend_<x>_reg's
+# get_name: ggml-cuda.h's GGML_CUDA_NAME ("CUDA"; "ROCm" in a HIP build, "MUSA" in a MUSA
+# build), ggml-metal.cpp's GGML_METAL_NAME "MTL", ggml-vulkan.h's "Vulkan", ggml-sycl.h's
+# "SYCL", ggml-opencl.cpp's "OpenCL", ggml-webgpu.h's "WebGPU", ggml-cann.cpp's "CANN".
+BACKENDS: Dict[str, Backend] = {
+    "cuda": Backend("CUDA", "CUDA", "-DGGML_CUDA=on"),
+    "metal": Backend("MTL", "Metal", ""),
+    "vulkan": Backend("Vulkan", "Vulkan", "-DGGML_VULKAN=on"),
+    "hip": Backend("ROCm", "HIP (ROCm)", "-DGGML_HIP=on"),
+    "sycl": Backend("SYCL", "SYCL", "-DGGML_SYCL=on"),
+    "musa": Backend("MUSA", "MUSA", "-DGGML_MUSA=on"),
+    "opencl": Backend("OpenCL", "OpenCL", "-DGGML_OPENCL=on"),
+    "webgpu": Backend("WebGPU", "WebGPU", "-DGGML_WEBGPU=on"),
+    "cann": Backend("CANN", "CANN (Ascend)", "-DGGML_CANN=on"),
+}
+DEVICES = ("auto", "cpu", "gpu") + tuple(BACKENDS)
+# ggml's own names are accepted too ("mtl:0", what model.device shows as "MTL0"; "rocm")
+_ALIASES = {b.registry.lower(): kind for kind, b in BACKENDS.items() if b.registry.lower() != kind}
+_KIND_OF_BACKEND = {b.registry: kind for kind, b in BACKENDS.items()}
 
 CPU_BATCH_SIZE = 4
 GPU_BATCH_SIZE = 32
+# Live conversations (`Model(sessions=)`) kept at once. Each owns an engine sequence beside
+# the batch_size ones. On a CPU a conversation speaking in real time takes a large share of
+# every decode step, so more than a few would only hold memory; on a GPU a decode step costs
+# about the same for 1 or 48 sequences, and each session costs only its KV cache.
+CPU_SESSIONS = 4
+GPU_SESSIONS = 16
 
 
 class DeviceDefaults(NamedTuple):
@@ -61,6 +90,7 @@ def parse_device(device: Any) -> Tuple[str, Optional[int]]:
     if not isinstance(device, str):
         raise DeviceError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
     kind, colon, index = device.strip().lower().partition(":")
+    kind = _ALIASES.get(kind, kind)
     if kind not in DEVICES or (colon and not index.isdigit()) or (index and kind in ("auto", "cpu")):
         raise DeviceError(f"unknown device {device!r}; use one of {', '.join(DEVICES)} "
                           "(a GPU kind optionally with ':N', e.g. 'cuda:1')")
@@ -68,7 +98,8 @@ def parse_device(device: Any) -> Tuple[str, Optional[int]]:
 
 
 def check_device(device: Any) -> str:
-    """The normalized device string ("CUDA:1 " -> "cuda:1"); DeviceError if malformed."""
+    """The normalized device string ("CUDA:1 " -> "cuda:1", "MTL" -> "metal"); DeviceError
+    if malformed."""
     kind, index = parse_device(device)
     return kind if index is None else f"{kind}:{index}"
 
@@ -94,7 +125,8 @@ def gpu_devices(info: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
 def select_device(device: Any = "auto", info: Optional[Dict[str, Any]] = None) -> str:
     """The engine device string for what the user asked for: "cpu" or e.g. "cuda:1".
 
-    Raises DeviceError when the build lacks that backend, when the backend sees no
+    This is the only place a user's word becomes the engine's: "metal" is ggml's "MTL",
+    "hip" its "ROCm" (`BACKENDS`). Raises DeviceError when the build lacks that backend, when the backend sees no
     device (no driver), or when the index does not exist; the message says what to do."""
     kind, index = parse_device(device)
     if kind == "cpu":
@@ -110,9 +142,14 @@ def select_device(device: Any = "auto", info: Optional[Dict[str, Any]] = None) -
     raise DeviceError(_unavailable(device.strip(), kind, index, candidates, info))
 
 
-def physical_cores(sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
+SYSFS_CPU = Path("/sys/devices/system/cpu")  # where Linux describes the CPU topology
+
+
+def physical_cores(sysfs: Optional[Path] = None) -> int:
     """Physical cores this process may run on: logical CPUs of its affinity mask that
-    share a core count once. Falls back to the logical count where that is unknown."""
+    share a core count once (``sysfs``: `SYSFS_CPU`). Falls back to the logical count
+    where that is unknown."""
+    sysfs = SYSFS_CPU if sysfs is None else sysfs
     logical = available_cpus_set()
     if sys.platform == "darwin":
         return _sysctl_int("hw.perflevel0.physicalcpu") or _sysctl_int("hw.physicalcpu") or len(logical)
@@ -198,21 +235,24 @@ def _unavailable(device: str, kind: str, index: Optional[int], candidates: List[
     if candidates:  # the kind exists, the index does not
         listing = ", ".join(f"{kind}:{i} = {g['description']}" for i, g in enumerate(candidates))
         return (f"device {device!r} does not exist: this machine has {len(candidates)} "
-                f"{'GPU' if kind == 'gpu' else _LABEL[kind]} device(s) ({listing})")
-    if kind != "gpu" and BACKENDS[kind] in backends:  # compiled in, but it sees no device
+                f"{'GPU' if kind == 'gpu' else BACKENDS[kind].label} device(s) ({listing})")
+    if kind == "gpu":
+        how = ("install a GPU build, e.g. CUDA: CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install --no-cache-dir "
+               "--force-reinstall llama-cpp-python==0.3.36 pylfm (see the README's GPU section)")
+        return f"device {device!r} is not available in this build (backends: {have}); {how}, or use device='cpu'"
+    backend = BACKENDS[kind]
+    if backend.registry in backends:  # compiled in, but it sees no device
         hint = ("check the NVIDIA driver (nvidia-smi) and CUDA_VISIBLE_DEVICES" if kind == "cuda"
                 else "check the GPU driver")
-        return (f"device {device!r}: this build has {_LABEL[kind]}, but it sees no {_LABEL[kind]} device; "
+        return (f"device {device!r}: this build has {backend.label}, but it sees no {backend.label} device; "
                 f"{hint}, or use device='cpu'")
     if kind == "metal":
         how = "Metal is built in by default on Apple Silicon Macs only"
-    elif kind == "gpu":
-        how = ("install a GPU build, e.g. CUDA: CMAKE_ARGS=\"-DGGML_CUDA=on\" pip install --no-cache-dir "
-               "--force-reinstall llama-cpp-python==0.3.36 pylfm (see the README's GPU section)")
     else:
-        how = (f"install a {_LABEL[kind]} build: CMAKE_ARGS=\"{_BUILD_FLAG[kind]}\" pip install --no-cache-dir "
+        how = (f"install a {backend.label} build: CMAKE_ARGS=\"{backend.build_flag}\" pip install --no-cache-dir "
                "--force-reinstall llama-cpp-python==0.3.36 pylfm (see the README's GPU section)")
-    return f"device {device!r} is not available in this build (backends: {have}); {how}, or use device='cpu'"
+    return (f"device {device!r}: {backend.label} is not available in this build (backends: {have}); {how}, "
+            "or use device='cpu'")
 
 
 def _sysctl_int(key: str) -> int:

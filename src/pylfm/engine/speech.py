@@ -112,6 +112,15 @@ class SpeechRuntime:
 
         return int(self._scheduler.call(run))
 
+    def undo_turn(self, session: int) -> int:
+        """Takes the session's last request's prompt back out (a turn read ahead); returns
+        the history's length."""
+        def run() -> int:
+            self._engine.undo_turn(session)
+            return self._engine.session_n_past(session)
+
+        return int(self._scheduler.call(run))
+
     def reset_session(self, session: int) -> None:
         self._scheduler.call(lambda: self._engine.reset_session(session))
 

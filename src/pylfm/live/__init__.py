@@ -11,7 +11,7 @@ audio as it arrives.
 
 from .conversation import Conversation, ConversationError, Reply
 from .transcriber import Transcriber, TranscriberEvent
-from .turns import SpeechDetector, SpeechStarted, TurnDetection, Utterance
+from .turns import SpeechDetector, SpeechPaused, SpeechResumed, SpeechStarted, TurnDetection, Utterance
 
-__all__ = ["Conversation", "ConversationError", "Reply", "SpeechDetector", "SpeechStarted", "Transcriber",
+__all__ = ["Conversation", "ConversationError", "Reply", "SpeechDetector", "SpeechPaused", "SpeechResumed", "SpeechStarted", "Transcriber",
            "TranscriberEvent", "TurnDetection", "Utterance"]

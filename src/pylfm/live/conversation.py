@@ -130,6 +130,9 @@ class Conversation:
         self._turns: List[_Turn] = []
         self._lock = threading.RLock()
         self._job: Optional[SpeechJob] = None
+        self._ahead: Optional[SpeechJob] = None  # the user's turn being read ahead (prefill)
+        self._ahead_turn: Optional[_Turn] = None  # ... and the turn it took in
+        self._ahead_before: List[Any] = []
         self._closed = False
         self._last: Optional[Reply] = None
         self._special_cost: Dict[str, int] = {}
@@ -193,6 +196,38 @@ class Conversation:
                 raise ConversationError("add_assistant takes a Reply or a non-empty text")
             self._turns.append(turn)
 
+    def prefill(self) -> None:
+        """Starts reading the user's turn into the engine now, before asking for the reply
+        (returns at once): a live client calls it when the speaker pauses, so that when the
+        pause turns out to be the end of the turn, the reply only has to start. Adding to
+        the turn afterwards (the speaker went on) takes the read-ahead back out first."""
+        self._check_open()
+        with self._lock:
+            self._check_idle()
+            self._take_back()
+            if not self._turns or self._turns[-1].role != "user":
+                raise ConversationError("there is no user turn to read: add_audio / add_text first")
+            self._fit(self.max_new_tokens)
+            parts, audio = self._prompt(header=False)
+            job = SpeechJob(parts, audio, speech_params(max_new_tokens=0), session=self._session)
+            self._ahead, self._ahead_turn = job, self._turns[-1]
+            self._ahead_before = [(t, t.in_engine) for t in self._turns]  # what take-back restores
+        try:
+            self._model.speech_runtime.submit(job)
+        except BaseException:
+            with self._lock:
+                self._ahead = self._ahead_turn = None
+            raise
+
+    def discard_turn(self) -> None:
+        """Drops the user's turn not yet answered (and takes back what of it was read)."""
+        self._check_open()
+        with self._lock:
+            self._check_idle()
+            self._take_back()
+            if self._turns and self._turns[-1].role == "user":
+                self._turns.pop()
+
     # ------------------------------------------------------------------ the reply
     def reply(self, *, stream: bool = False, max_duration: Optional[float] = None,
               max_new_tokens: Optional[int] = None, seed: Optional[int] = None
@@ -252,6 +287,7 @@ class Conversation:
         self._check_open()
         with self._lock:
             self._check_idle()
+            self._finish_ahead()
             if not self._turns or self._turns[-1].role != "user":
                 raise ConversationError("there is no user turn to answer: add_audio / add_text first")
             frames = self.max_frames if max_duration is None else frames_for(max_duration)
@@ -332,8 +368,10 @@ class Conversation:
         self._check_open()
         with self._lock:
             self._check_idle()
+            self._finish_ahead()  # a read-ahead of the user's turn goes with the rest
             self._model.speech_runtime.reset_session(self._session)
             self._turns = []
+            self._ahead_turn, self._ahead_before = None, []
             self.n_past = 0
             self._last = None
 
@@ -360,9 +398,10 @@ class Conversation:
             if self._closed:
                 return
             self._closed = True
-        if self._job is not None and not self._job.done:
-            self._job.cancel()
-            self._job.wait()
+        for job in (self._job, self._ahead):
+            if job is not None and not job.done:
+                job.cancel()
+                job.wait()
         self._finalizer()
 
     def __enter__(self) -> "Conversation":
@@ -382,12 +421,14 @@ class Conversation:
 
     def _user_turn(self) -> _Turn:
         self._check_idle()
+        self._take_back()
         if not self._turns or self._turns[-1].role != "user":
             self._turns.append(_Turn("user"))
         return self._turns[-1]
 
-    def _prompt(self) -> tuple:
-        """The engine parts for everything not yet in the sequence, then the assistant's header."""
+    def _prompt(self, header: bool = True) -> tuple:
+        """The engine parts for everything not yet in the sequence, then (``header``) the
+        assistant's header."""
         parts: list = []
         audio: List[np.ndarray] = []
         if self.n_past == 0 and self.system:
@@ -410,8 +451,47 @@ class Conversation:
                     else:
                         parts.append(p)
                 parts.append(("<|im_end|>\n", True))
-        parts.append(("<|im_start|>assistant\n", True))
+        if header:
+            parts.append(("<|im_start|>assistant\n", True))
         return parts, audio
+
+    def _finish_ahead(self) -> None:
+        """Waits for a read-ahead of the user's turn and records what it took in (lock held)."""
+        job = self._ahead
+        if job is None:
+            return
+        job.wait()
+        self._ahead = None
+        r = job.result_dict
+        if job.error is not None or r is None:  # the engine dropped the sequence: send everything again
+            self._forget_engine()
+            self._ahead_turn = None
+            return
+        self.n_past = int(r.get("n_past", self.n_past))
+        if r.get("turn_taken", False):
+            for t in self._turns:
+                t.in_engine = True
+        else:
+            self._ahead_turn = None
+
+    def _take_back(self) -> None:
+        """Takes a read-ahead user turn back out of the sequence (lock held): the turn
+        changes, so it is read again with the reply."""
+        self._finish_ahead()
+        turn, self._ahead_turn = self._ahead_turn, None
+        if turn is None or not turn.in_engine or not self._turns or self._turns[-1] is not turn:
+            return
+        self.n_past = self._model.speech_runtime.undo_turn(self._session)
+        for t, was_in in self._ahead_before:  # everything the read-ahead sent goes back out
+            t.in_engine = was_in
+
+    def _forget_engine(self) -> None:
+        """The sequence holds nothing of the history any more: the next request sends it all."""
+        for t in self._turns:
+            t.in_engine = False
+            if t.role == "assistant":
+                t.fed = -1
+        self.n_past = 0
 
     def _settle(self, job: SpeechJob) -> None:
         """Records what a finished reply left in the sequence."""
@@ -422,9 +502,7 @@ class Conversation:
             r = job.result_dict
             if job.error is not None or r is None:
                 # the engine dropped the sequence: the next reply sends the whole history again
-                for t in self._turns:
-                    t.in_engine, t.fed = False, (-1 if t.role == "assistant" else t.fed)
-                self.n_past = 0
+                self._forget_engine()
                 self._last = None
                 return
             self.n_past = int(r.get("n_past", self.n_past))

@@ -74,13 +74,31 @@ class Utterance:
 
 
 @dataclass
+class SpeechPaused:
+    """The speaker paused: if the pause lasts to ``silence_duration_ms``, the utterance
+    will be exactly ``pcm`` (same ``start`` and ``end``), so a client may start reading it
+    into the model now (`Conversation.prefill`)."""
+
+    pcm: np.ndarray
+    start: float
+    end: float
+
+
+@dataclass
+class SpeechResumed:
+    """Speech went on after a `SpeechPaused`: the paused utterance is not the turn."""
+
+    at: float
+
+
+@dataclass
 class SpeechDropped:
     """What started as speech was too short to be an utterance (``min_speech_ms``)."""
 
     start: float
 
 
-TurnEvent = Union[SpeechStarted, Utterance, SpeechDropped]
+TurnEvent = Union[SpeechStarted, SpeechPaused, SpeechResumed, Utterance, SpeechDropped]
 
 
 def float_chunk(chunk: Any) -> np.ndarray:
@@ -105,7 +123,9 @@ class SpeechDetector:
     """Silero VAD over a live 16 kHz stream (see the module docstring).
 
     `push` takes float32 mono chunks of any size and returns the events they complete:
-    `SpeechStarted`, then `Utterance` (or `SpeechDropped`). `commit` ends the utterance
+    `SpeechStarted`, then `Utterance` (or `SpeechDropped`); in between, `SpeechPaused`
+    when the speaker stops for a moment (the utterance so far, exactly as `Utterance` will
+    carry it if the pause lasts) and `SpeechResumed` if they go on. `commit` ends the utterance
     in progress now (manual turn taking); `clear` forgets the audio so far.
     """
 
@@ -123,6 +143,7 @@ class SpeechDetector:
         self._speech_first = 0                   # its first speech frame
         self._last_speech_end = 0                # end of its latest frame above the threshold
         self._speech_samples = 0
+        self._paused = False
         self.probabilities: List[float] = []     # every frame's probability (kept short: see _trim)
 
     @property
@@ -196,23 +217,39 @@ class SpeechDetector:
                 self._trim(end - int(o.prefix_padding_ms * RATE / 1000))
             return
         if p >= neg:
+            if self._paused:
+                events.append(SpeechResumed(start / RATE))
+                self._paused = False
             self._last_speech_end = end
             self._speech_samples += silero.FRAME
         silence = end - self._last_speech_end
+        tail = self._tail()
         too_long = end - self._speech_start >= o.max_utterance_s * RATE
+        long_enough = self._speech_samples >= o.min_speech_ms * RATE / 1000
+        if not self._paused and silence >= tail and long_enough and not too_long:
+            self._paused = True
+            a, b = self._speech_start - self._kept_start, self._last_speech_end + tail - self._kept_start
+            events.append(SpeechPaused(self._kept[a:b].copy(), self._speech_start / RATE,
+                                       (self._last_speech_end + tail) / RATE))
         if silence >= o.silence_duration_ms * RATE / 1000 or too_long:
-            if self._speech_samples < o.min_speech_ms * RATE / 1000:
+            if not long_enough:
                 events.append(SpeechDropped(self._speech_start / RATE))
             else:
-                tail = min(end, self._last_speech_end + int(0.2 * RATE))  # a little silence after the last word
-                a, b = self._speech_start - self._kept_start, tail - self._kept_start
-                events.append(Utterance(self._kept[a:b].copy(), self._speech_start / RATE, tail / RATE,
+                last = min(end, self._last_speech_end + tail)  # a little silence after the last word
+                a, b = self._speech_start - self._kept_start, last - self._kept_start
+                events.append(Utterance(self._kept[a:b].copy(), self._speech_start / RATE, last / RATE,
                                         self._last_speech_end / RATE))
             self._reset_after(end)
             self._trim(end - int(o.prefix_padding_ms * RATE / 1000))
 
+    def _tail(self) -> int:
+        """Samples of silence an utterance keeps after its last word (at most 200 ms, and
+        at most half the silence that ends it, so a pause is seen before the end)."""
+        return int(min(0.2, self.options.silence_duration_ms / 2000) * RATE)
+
     def _reset_after(self, pos: int) -> None:
         self._in_speech = False
+        self._paused = False
         self._speech_samples = 0
         self._speech_start = self._last_speech_end = pos
         if len(self.probabilities) > 4096:

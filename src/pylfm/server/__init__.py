@@ -22,8 +22,10 @@ Concurrency and memory
 ----------------------
 All requests share the one loaded `pylfm.Model` and go through its scheduler: windows
 of concurrent requests decode together in the engine's sequence slots (continuous
-batching, first come first served). Blocking work (audio decoding, waiting for a
-result) runs in a thread pool, never on the event loop.
+batching, first come first served). Blocking work (audio decoding, speech detection
+and window planning, encoding speech output, waiting for a result) runs in a thread
+pool, never on the event loop: ``/health`` answers in milliseconds while an hour of
+audio is being planned (tests/test_server_limits.py).
 
 ``--queue N`` bounds the requests admitted at once (being uploaded, decoded, waiting or
 running); the next one is answered ``503`` with ``Retry-After`` at once, before its body
@@ -37,7 +39,10 @@ the model and its KV cache is therefore at most about
 ``N x (max_upload_mib + 2.5 x A)``: 16 x (25 MiB + 2.5 x 3600 x 62.5 KiB)
 = 16 x (25 + 549) MiB, about 9190 MiB, with the defaults (220 MiB of it per request is
 the one-hour decoded recording itself); lower ``--max-audio-s`` or ``--queue`` on
-small machines.
+small machines. A speech request takes a place in the same queue and holds at most its
+JSON body (1 MiB) and ``3 x S x 93.75 KiB`` of generated audio, ``S = --max-speech-s``
+(300 s: 82 MiB); each place is counted at the larger of the two
+(`Service.request_bytes`, `Service.memory_bound`).
 
 A client that disconnects stops its work: before decoding, its request is dropped;
 while it runs, its windows stop at the engine's next step and their slots go to other
@@ -50,7 +55,9 @@ every request but ``/health`` needs ``Authorization: Bearer KEY`` (scheme in any
 else 401). Uploads larger than ``--max-upload-mib`` get 413 (a declared Content-Length
 is checked before reading, and the limit is enforced while reading); audio longer than
 ``--max-audio-s`` gets 413 (from the container header before decoding where it says
-the length). Input that is not decodable audio gets 400 with the decoder's message, and
+the length). A speech request's body is at most 1 MiB (413), its speech at most
+``--max-speech-s`` (input that needs more is 400, never cut silently: see
+`pylfm.server.speech`). Input that is not decodable audio gets 400 with the decoder's message, and
 so does a request whose prompt and audio do not fit the model's context. Every 5xx is
 logged with its request id and the exception. Errors use OpenAI's body:
 ``{"error": {"message", "type", "param", "code"}}``; each response carries
@@ -62,9 +69,10 @@ Modules
 ``chat_completions``, ``realtime`` (the WebSocket sessions), ``realtime_events`` (the
 protocol's session configuration, event names and objects), ``realtime_audio`` (wire
 audio formats), ``page`` and ``static/`` (the voice chat page),
-``forms`` (the streamed multipart reader and field parsing), ``service`` (the shared
-model, thread pool and admission), ``disconnect`` (stopping work when a client
-leaves), ``middleware`` (API key, request ids) and ``errors`` (OpenAI's error body).
+``forms`` (request bodies read with their limits: the streamed multipart reader, the
+speech JSON; field parsing), ``service`` (the shared model, thread pool, admission and
+memory bound), ``disconnect`` (stopping work when a client leaves), ``middleware`` (API
+key, request ids) and ``errors`` (OpenAI's error body).
 ``pylfm serve``'s options and main are `pylfm.cli.serve`.
 
 FastAPI and uvicorn are the ``server`` extra (``pip install "pylfm[server]"``); they are
@@ -73,13 +81,14 @@ imported only when the server is built, so importing this package is cheap.
 
 from .app import CUE_FORMATS, RESPONSE_FORMATS, STREAM_FORMATS, create_app
 from .errors import APIError, error_body
-from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME
+from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_SPEECH_S, DEFAULT_MODEL_NAME
 from .speech import SPEECH_MAX_INPUT, add_speech_routes
 
 __all__ = [
     "CUE_FORMATS",
     "DEFAULT_MAX_AUDIO_S",
     "DEFAULT_MAX_PROMPT_TOKENS",
+    "DEFAULT_MAX_SPEECH_S",
     "DEFAULT_MODEL_NAME",
     "RESPONSE_FORMATS",
     "SPEECH_MAX_INPUT",

@@ -29,7 +29,8 @@
   timestamps), ``include[]`` (no logprobs), ``chunking_strategy`` and any other field.
 
 A request is admitted (``--queue``) before its body is read and holds its place while
-it is uploaded, decoded (on a worker thread) and transcribed. Its windows go to the
+it is uploaded, decoded and planned (on a worker thread: the event loop only moves bytes,
+so ``/health`` and every other connection keep answering) and transcribed. Its windows go to the
 model's scheduler with everyone else's. When every window fails because of the request
 itself (its prompt and audio do not fit a sequence's context) the answer is 400
 (``context_length_exceeded``); any other failure of every window is a 500, logged with
@@ -48,7 +49,7 @@ from .forms import flag, read_form, temperature
 from .middleware import AuthMiddleware, RequestIdMiddleware, request_id
 from ..transcription.options import DEFAULT_CUE_S, DEFAULT_MAX_NEW_TOKENS
 from ..vad import DEFAULT_WINDOW_S
-from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MODEL_NAME, Service
+from .service import DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_MAX_SPEECH_S, DEFAULT_MODEL_NAME, Service
 from .speech import add_speech_routes
 
 if TYPE_CHECKING:  # asyncio is imported when the server is built
@@ -143,7 +144,8 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
                window: float = DEFAULT_WINDOW_S, max_cue: float = DEFAULT_CUE_S,
                max_audio_s: float = DEFAULT_MAX_AUDIO_S,
                max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS, vad: Optional[str] = "silero",
-               fixed_tokens: Optional[int] = None, realtime: Optional["RealtimeSettings"] = None):
+               fixed_tokens: Optional[int] = None, max_speech_s: float = DEFAULT_MAX_SPEECH_S,
+               realtime: Optional["RealtimeSettings"] = None):
     """The FastAPI app serving ``model`` (a `pylfm.Model`, shared by all requests).
 
     Args:
@@ -158,6 +160,8 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
         max_prompt_tokens: the longest accepted ``prompt`` (400 above it).
         vad: the speech detector for long recordings ("silero", "energy" or None).
         fixed_tokens: for benchmarks: every window generates exactly this many tokens.
+        max_speech_s: the most speech one ``/v1/audio/speech`` request generates (seconds;
+            longer input is 400, a larger ``max_duration`` too).
         realtime: the limits of ``/v1/realtime`` and of speech replies (`RealtimeSettings`).
     """
     import asyncio
@@ -174,7 +178,8 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
 
     svc = Service(model, api_key=api_key, max_upload_mib=max_upload_mib, queue_size=queue_size,
                   model_name=model_name, max_new_tokens=max_new_tokens, window=window, max_cue=max_cue,
-                  max_audio_s=max_audio_s, max_prompt_tokens=max_prompt_tokens, vad=vad, fixed_tokens=fixed_tokens)
+                  max_audio_s=max_audio_s, max_prompt_tokens=max_prompt_tokens, vad=vad, fixed_tokens=fixed_tokens,
+                  max_speech_s=max_speech_s)
 
     from .realtime import RealtimeHub, RealtimeSettings, add_realtime_routes
 
@@ -258,25 +263,40 @@ def create_app(model: Any, *, api_key: Optional[str] = None, max_upload_mib: flo
             if stream and fmt not in STREAM_FORMATS:
                 raise APIError(400, f"stream=true works with response_format json or text, not {fmt!r}",
                                param="stream")
-            options = transcription_options(svc, fields, fmt)
             loop = asyncio.get_running_loop()
             client = Client()
             watcher = watch_disconnect(request, client, loop)
-            try:
-                pcm = await loop.run_in_executor(svc.executor, svc.decode_audio, data)
-            except AudioTooLongError as e:
-                length = f"{e.duration:.1f} s long" if e.duration is not None else "longer than that"
-                raise APIError(413, f"{filename or 'the upload'} is {length}; this server accepts at most "
-                                    f"{svc.options.max_duration:g} s (pylfm serve --max-audio-s)", param="file",
-                               code="audio_too_long") from None
-            except (AudioError, ValueError, TypeError) as e:
-                raise APIError(400, f"{filename or 'the upload'} is not usable audio: {e}", param="file",
-                               code="invalid_audio") from None
+            upload = [data]  # handed over: the bytes are dropped as soon as they are decoded
             del data
-            if client.gone.is_set():
+
+            def prepare() -> Tuple[Dict[str, Any], Any]:
+                # On a worker thread, never on the event loop: the prompt's tokens, decoding
+                # the upload and planning its windows (Silero runs over the whole recording:
+                # seconds for an hour), then the job goes to the scheduler.
+                options = transcription_options(svc, fields, fmt)
+                try:
+                    pcm = svc.decode_audio(upload.pop())
+                except AudioTooLongError as e:
+                    length = f"{e.duration:.1f} s long" if e.duration is not None else "longer than that"
+                    raise APIError(413, f"{filename or 'the upload'} is {length}; this server accepts at most "
+                                        f"{svc.options.max_duration:g} s (pylfm serve --max-audio-s)", param="file",
+                                   code="audio_too_long") from None
+                except (AudioError, ValueError, TypeError) as e:
+                    raise APIError(400, f"{filename or 'the upload'} is not usable audio: {e}", param="file",
+                                   code="invalid_audio") from None
+                if client.gone.is_set():
+                    return options, None  # nobody is listening
+                job = model.submit(pcm, sample_rate=svc.sample_rate, stream=stream, **options)
+                client.attach(job)  # cancels it at once if the client left meanwhile
+                return options, job
+
+            try:
+                options, job = await loop.run_in_executor(svc.executor, prepare)
+            except asyncio.CancelledError:
+                client.leave()  # the server is stopping: a job submitted meanwhile is cancelled
+                raise
+            if job is None or client.gone.is_set():
                 return Response(status_code=499)  # nobody is listening
-            job = model.submit(pcm, sample_rate=svc.sample_rate, stream=stream, **options)
-            client.attach(job)
             if stream:
                 queue = start_stream(job)
                 handed_off = True

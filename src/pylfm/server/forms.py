@@ -1,4 +1,6 @@
-"""Reading the multipart form of ``POST /v1/audio/transcriptions`` and parsing its fields.
+"""Reading request bodies with their size limits: the multipart form of ``POST
+/v1/audio/transcriptions`` (and parsing its fields), and a plain body (`read_body`: the
+JSON of ``POST /v1/audio/speech``).
 
 The form is parsed as it arrives, with the limits enforced while reading: the file part
 at most ``--max-upload-mib``, every other field at most 64 KiB, the whole body at most
@@ -118,6 +120,41 @@ async def read_form(request: Any, max_file_bytes: int) -> Tuple[Dict[str, str], 
         raise APIError(400, "no audio: send the recording as a file in the 'file' form field", param="file")
     filename, buf = upload
     return fields, (filename, buf.getvalue())
+
+
+async def read_body(request: Any, limit: int, what: str) -> bytes:
+    """The whole body, at most ``limit`` bytes: a declared Content-Length over it is
+    refused before anything is read, a body that grows past it while arriving is refused
+    then (413, naming ``what`` and the limit; a little more is read and dropped so that
+    the client sees the answer). 400 when the client leaves during the upload."""
+    from starlette.requests import ClientDisconnect
+
+    too_large = APIError(413, f"the {what} is larger than this server's limit of {size(limit)}",
+                         code="body_too_large")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    parts: List[bytes] = []
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                parts.clear()
+                if received > limit + DRAIN_LIMIT:
+                    break  # stop reading; the connection is closed after the answer
+                continue
+            parts.append(chunk)
+    except ClientDisconnect:
+        raise APIError(400, "the client disconnected during the upload") from None
+    if received > limit:
+        raise too_large
+    return b"".join(parts)
+
+
+def size(n: int) -> str:
+    """``n`` bytes in KiB or MiB, as the limits are stated."""
+    return f"{n / 1024:g} KiB" if n < MIB else mb(n)
 
 
 def mb(n: int) -> str:

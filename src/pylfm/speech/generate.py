@@ -65,14 +65,25 @@ def speech_params(**fields: Any) -> "_core.SpeechParams":
     return p
 
 
-# ---------------------------------------------------------------------- speak / chat
-def speak(runtime: SpeechRuntime, text: str, *, voice: Optional[str] = DEFAULT_VOICE, system: Optional[str] = None,
-          temperature: float = TTS_TEMPERATURE, top_k: Optional[int] = TTS_TOP_K, seed: Optional[int] = None,
-          max_duration: Optional[float] = None, stream: bool = False, progress: bool = False,
-          ignore_audio_end: bool = False) -> Union[Speech, Iterator[np.ndarray]]:
-    """Text to speech on ``runtime``: `Model.speak` (see there). ``ignore_audio_end``
-    (benchmarks) keeps generating past the model's end-of-audio frame, up to ``max_duration``."""
+# Nobody speaks faster than this: 25 characters a second is about 270 words a minute, where
+# conversational English is 12-15 characters a second (150-180 words a minute) and read-aloud
+# text slower still. So text longer than max_duration x 25 characters cannot fit in it.
+MAX_CHARS_PER_SECOND = 25.0
 
+
+def min_speech_seconds(text: str) -> float:
+    """The least speech ``text`` can take: its characters (a run of white space counting
+    as one) at `MAX_CHARS_PER_SECOND`. A lower bound: text under it may need more (a
+    generation cut at its limit says so by its stop reason ``length``)."""
+    return len(" ".join(text.split())) / MAX_CHARS_PER_SECOND
+
+
+# ---------------------------------------------------------------------- speak / chat
+def tts_job(text: str, *, voice: Optional[str] = DEFAULT_VOICE, system: Optional[str] = None,
+            temperature: float = TTS_TEMPERATURE, top_k: Optional[int] = TTS_TOP_K, seed: Optional[int] = None,
+            max_duration: Optional[float] = None, ignore_audio_end: bool = False) -> SpeechJob:
+    """The `SpeechJob` of one text-to-speech request, checked and ready to submit to a
+    `SpeechRuntime` (`speak` does that; the server reads the job's stop reason too)."""
     if not isinstance(text, str):
         raise SpeechError(f"text must be a string, got {type(text).__name__}")
     if not text.strip():
@@ -90,9 +101,19 @@ def speak(runtime: SpeechRuntime, text: str, *, voice: Optional[str] = DEFAULT_V
     params = speech_params(start_audio=True, stop_at_audio_end=True, ignore_audio_end=bool(ignore_audio_end),
                      max_new_tokens=frames + 1, max_audio_frames=frames,
                      audio_temperature=temperature, audio_top_k=top_k, seed=choose_seed(seed))
-    job = SpeechJob(parts, [], params)
+    return SpeechJob(parts, [], params)
+
+
+def speak(runtime: SpeechRuntime, text: str, *, voice: Optional[str] = DEFAULT_VOICE, system: Optional[str] = None,
+          temperature: float = TTS_TEMPERATURE, top_k: Optional[int] = TTS_TOP_K, seed: Optional[int] = None,
+          max_duration: Optional[float] = None, stream: bool = False, progress: bool = False,
+          ignore_audio_end: bool = False) -> Union[Speech, Iterator[np.ndarray]]:
+    """Text to speech on ``runtime``: `Model.speak` (see there). ``ignore_audio_end``
+    (benchmarks) keeps generating past the model's end-of-audio frame, up to ``max_duration``."""
+    job = tts_job(text, voice=voice, system=system, temperature=temperature, top_k=top_k, seed=seed,
+                  max_duration=max_duration, ignore_audio_end=ignore_audio_end)
     if progress and not stream:
-        job.show_progress(frames / FRAMES_PER_SECOND)
+        job.show_progress(job.params.max_audio_frames / FRAMES_PER_SECOND)
     runtime.submit(job)
     if stream:
         return _audio_only(job.chunks())
