@@ -222,6 +222,7 @@ class RealtimeSession:
         self.gone = False
         self._close: Optional[tuple] = None
         self._dropped_seen = 0
+        self.client_code: Optional[int] = None   # the close code the client sent (1005/1006: none, it vanished)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -297,6 +298,7 @@ class RealtimeSession:
                 return
             if message["type"] == "websocket.disconnect":
                 self.gone = True
+                self.client_code = message.get("code")
                 return
             self.last_message = time.monotonic()
             await self._handle(message)
@@ -342,8 +344,11 @@ class RealtimeSession:
                 await self.hub.call(conv.close)
             except Exception:  # noqa: BLE001
                 log.exception("realtime session %s: closing its conversation failed", self.id)
-            log.info("realtime session %s ended (%s)%s; its conversation slot was freed in %.0f ms", self.id,
-                     "client gone" if self.gone else f"close {self._close[0] if self._close else 1000}",
+            if self.gone:
+                how = "client gone" if self.client_code in (None, 1005, 1006) else f"client closed {self.client_code}"
+            else:
+                how = f"closed {self._close[0] if self._close else 1000}"
+            log.info("realtime session %s ended (%s)%s; its conversation slot was freed in %.0f ms", self.id, how,
                      ", a reply was stopped" if replying else "", 1000 * (time.monotonic() - t0))
         if self._close is None:
             self._close = (1000, "")

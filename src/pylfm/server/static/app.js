@@ -102,14 +102,16 @@ async function startAudio() {
 }
 
 function onPlayer(m) {
+  if (m.played && typeof m.played === 'object') {
+    state.playedBy = m.played;
+    state.played = Object.values(m.played).reduce((a, b) => a + b, 0);
+  }
   if (m.type === 'started') {
     speakingItem = m.item;
     document.querySelectorAll('.msg.playing').forEach((el) => el.classList.remove('playing'));
     if (m.item) bubble(m.item, 'assistant').classList.add('playing');
     setStatus('speaking', 'speaking');
   } else if (m.type === 'drained') {
-    state.playedBy = m.played;
-    state.played = Object.values(m.played).reduce((a, b) => a + b, 0);
     document.querySelectorAll('.msg.playing').forEach((el) => el.classList.remove('playing'));
     speakingItem = null;
     if (state.connected) setStatus(handsFree ? 'listening' : 'ready', 'live');

@@ -56,6 +56,7 @@ class PcmPlayer extends AudioWorkletProcessor {
     this.pos = 0;                      // position in queue[0].data
     this.played = {};                  // item id -> source samples played
     this.playing = false;
+    this.sinceReport = 0;              // output samples since the last progress report
     this.port.onmessage = (e) => this.onMessage(e.data);
   }
 
@@ -95,6 +96,13 @@ class PcmPlayer extends AudioWorkletProcessor {
       wrote = true;
     }
     for (let ch = 1; ch < outputs[0].length; ch++) outputs[0][ch].set(out);
+    if (wrote) {
+      this.sinceReport += out.length;
+      if (this.sinceReport >= sampleRate / 4) {  // what was played so far, four times a second
+        this.sinceReport = 0;
+        this.port.postMessage({ type: 'progress', played: this.played });
+      }
+    }
     if (wrote !== this.playing) {
       this.playing = wrote;
       const item = this.queue.length ? this.queue[0].item : null;
