@@ -60,6 +60,27 @@ def _quiet_logs(ll: Any, mt: Any) -> None:
         mt.mtmd_helper_log_set(_DISCARD, ctypes.c_void_p(0))
 
 
+def _load_backend_modules(ll) -> None:
+    """A portable llama.cpp build (GGML_BACKEND_DL) registers no backend until asked, and
+    llama-cpp-python does not ask: load them as pylfm's core does (load_backend_modules in
+    src/native/cpu_weights.cpp). Nothing happens for a build that links its backends."""
+    lib_dir = Path(ll.__file__).resolve().parent / "lib"
+    # by its soname: the copy libllama loaded (a wheel holds libggml.so, .so.0 and .so.0.x.y as
+    # three copies, and a second copy would be a second, empty backend registry)
+    path = lib_dir / "libggml.so.0"
+    if not path.exists():
+        return
+    ggml = ctypes.CDLL(str(path))
+    ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
+    ggml.ggml_backend_load_all_from_path.argtypes = [ctypes.c_char_p]
+    cpu = 0  # GGML_BACKEND_DEVICE_TYPE_CPU
+    for d in (lib_dir, lib_dir.parent.parent / "bin"):  # the wheel puts the modules in <site-packages>/bin
+        if ggml.ggml_backend_dev_by_type(cpu):
+            return
+        ggml.ggml_backend_load_all_from_path(str(d).encode())
+
+
 class BareASR:
     """llama.cpp + mtmd through ctypes, set up as pylfm's core sets itself up on CPU."""
 
@@ -72,6 +93,7 @@ class BareASR:
         if not verbose:
             _quiet_logs(ll, mt)
         t0 = time.perf_counter()
+        _load_backend_modules(ll)
         ll.llama_backend_init()
         mp = ll.llama_model_default_params()
         mp.n_gpu_layers = 0

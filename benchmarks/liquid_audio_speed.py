@@ -46,11 +46,15 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
 
     import torch
     from liquid_audio import ChatState, LFM2AudioModel, LFM2AudioProcessor
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.audio:
         pcm = np.load(args.audio).astype(np.float32)
@@ -130,7 +134,7 @@ def main() -> int:
     keys = ("total_ms", "encode_prefill_ms", "decode_ms", "decode_tok_s", "rtf")
     report = {
         "engine": "liquid-audio", "device": torch.cuda.get_device_name(device) if on_gpu else "cpu", "dtype": args.dtype,
-        "attn": model.lfm.config._attn_implementation, "torch": torch.__version__,
+        "attn": model.lfm.config._attn_implementation, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "audio_seconds": seconds, "n_windows": len(spans), "fixed_tokens": args.fixed_tokens,
         "repeat": args.repeat, "load_ms": load_ms, "runs": runs,
         "median": {k: stats(k).get("median") for k in keys},

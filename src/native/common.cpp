@@ -1,15 +1,15 @@
 #include "common.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <deque>
 #include <mutex>
 
+#include "cpu_weights.h"
 #include "ggml-backend.h"
 #include "mtmd-helper.h"
 
 namespace pylfm {
-
-namespace {
 
 struct LogSink {
     std::mutex mu;
@@ -17,7 +17,16 @@ struct LogSink {
     std::string partial;                            // a line still being written
     int partial_level = GGML_LOG_LEVEL_INFO;
     bool echo = false;
+    std::vector<LogCapture*> captures;
+
+    void captured(const std::string& line) {  // mu held
+        for (LogCapture* c : captures)
+            if (c->thread_ == std::this_thread::get_id()) c->lines_.push_back(line);
+    }
 };
+
+namespace {
+
 LogSink g_log;
 
 void log_callback(enum ggml_log_level level, const char* text, void*) {
@@ -28,6 +37,7 @@ void log_callback(enum ggml_log_level level, const char* text, void*) {
     size_t nl;
     while ((nl = g_log.partial.find('\n')) != std::string::npos) {
         g_log.lines.emplace_back(g_log.partial_level, g_log.partial.substr(0, nl));
+        if (!g_log.captures.empty()) g_log.captured(g_log.lines.back().second);
         g_log.partial.erase(0, nl + 1);
         if (g_log.lines.size() > 400) g_log.lines.pop_front();
     }
@@ -41,7 +51,7 @@ void ensure_backend() {
         llama_log_set(log_callback, nullptr);
         mtmd_log_set(log_callback, nullptr);
         mtmd_helper_log_set(log_callback, nullptr);
-        ggml_backend_load_all();  // no-op unless backends were built as loadable modules
+        load_backend_modules();  // a portable build's backends are modules; see cpu_weights.h
         llama_backend_init();
     });
 }
@@ -67,6 +77,25 @@ std::string recent_errors(size_t max_lines) {
 void set_log_echo(bool on) {
     std::lock_guard<std::mutex> lock(g_log.mu);
     g_log.echo = on;
+}
+
+void log_line(int level, const std::string& text) {
+    log_callback(static_cast<ggml_log_level>(level), (text + "\n").c_str(), nullptr);
+}
+
+LogCapture::LogCapture() : thread_(std::this_thread::get_id()) {
+    std::lock_guard<std::mutex> lock(g_log.mu);
+    g_log.captures.push_back(this);
+}
+
+LogCapture::~LogCapture() {
+    std::lock_guard<std::mutex> lock(g_log.mu);
+    g_log.captures.erase(std::remove(g_log.captures.begin(), g_log.captures.end(), this), g_log.captures.end());
+}
+
+std::vector<std::string> LogCapture::lines() const {
+    std::lock_guard<std::mutex> lock(g_log.mu);
+    return lines_;
 }
 
 // ---------------------------------------------------------------- UTF-8

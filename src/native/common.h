@@ -5,6 +5,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -21,6 +22,22 @@ void ensure_backend();                                      // log routing + lla
 std::vector<std::pair<int, std::string>> pop_log();         // (ggml level, line), oldest first
 std::string recent_errors(size_t max_lines = 6);            // last warnings/errors, for messages
 void set_log_echo(bool on);                                 // also print llama.cpp's log to stderr
+void log_line(int level, const std::string& text);          // a line of pylfm's own into the same log
+
+// The lines logged on the calling thread while it lives (what a model load reports).
+class LogCapture {
+public:
+    LogCapture();
+    ~LogCapture();
+    LogCapture(const LogCapture&) = delete;
+    LogCapture& operator=(const LogCapture&) = delete;
+    std::vector<std::string> lines() const;
+
+private:
+    std::thread::id thread_;
+    std::vector<std::string> lines_;
+    friend struct LogSink;
+};
 
 inline std::runtime_error engine_error(const std::string& what) { return std::runtime_error(what + recent_errors()); }
 

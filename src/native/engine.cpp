@@ -119,7 +119,8 @@ struct Engine::Slot {
 };
 
 Engine::Engine(const std::string& model_path, const std::string& mmproj_path, int n_threads, const std::string& device,
-               int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx)
+               int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx,
+               const std::string& cpu_repack)
     : model_path_(model_path), n_threads_(n_threads), n_batch_(n_batch), n_slots_(std::max(1, n_slots)),
       flash_attn_(flash_attn), grow_ctx_(grow_ctx) {
     ensure_backend();
@@ -130,7 +131,7 @@ Engine::Engine(const std::string& model_path, const std::string& mmproj_path, in
     ggml_backend_dev_t devs[2] = {gpu_, nullptr};
     if (gpu_) { mp.devices = devs; mp.n_gpu_layers = -1; }
     else { mp.n_gpu_layers = 0; }
-    model_ = llama_model_load_from_file(model_path.c_str(), mp);
+    model_ = cpu_weights_.load_model(cpu_repack, model_path, mp, gpu_ != nullptr);  // never into a crashing buffer type
     if (!model_) throw engine_error("could not load the text model '" + model_path + "'");
     vocab_ = llama_model_get_vocab(model_);
     max_ctx_seq_ = std::max(n_ctx_seq, static_cast<int>(llama_model_n_ctx_train(model_)));
@@ -542,7 +543,8 @@ bool Engine::session_busy(int session) const { return session_slot(session).busy
 
 void Engine::load_speech(const std::string& vocoder_path, const std::string& detokenizer_path) {
     speech_.reset();
-    speech_ = std::make_unique<SpeechHead>(model_, gpu_, n_threads_, n_slots_, vocoder_path, detokenizer_path);
+    speech_ = std::make_unique<SpeechHead>(model_, gpu_, n_threads_, n_slots_, vocoder_path, detokenizer_path,
+                                           cpu_weights_.policy());
 }
 
 // ---------------------------------------------------------------- the loop

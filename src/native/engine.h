@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_weights.h"
 #include "ggml-backend.h"
 #include "limits.h"
 #include "llama.h"
@@ -141,7 +142,8 @@ public:
     // context) when `grow_ctx`, fixed otherwise. n_slots: sequences decoded at once
     // (requests and sessions together).
     Engine(const std::string& model_path, const std::string& mmproj_path, int n_threads, const std::string& device,
-           int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx);
+           int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx,
+           const std::string& cpu_repack = "");  // CPU weight placement policy, see cpu_weights.h
     ~Engine();
     Engine(const Engine&) = delete;
     Engine& operator=(const Engine&) = delete;
@@ -194,6 +196,7 @@ public:
     std::string token_piece(llama_token t, bool special) const;
     bool is_eog(llama_token t) const { return llama_vocab_is_eog(vocab_, t); }
     PlacementRecorder& placement() { return placement_; }  // where ops ran (PYLFM_RECORD_PLACEMENT=1)
+    const CpuWeights& cpu_weights() const { return cpu_weights_; }  // where the weights went on the CPU
 
     // ---- counters of the generation loop (since load): how much batching really happened
     struct Stats { int64_t decode_steps, decode_rows, max_rows, audio_rows, text_rows; };
@@ -243,6 +246,7 @@ private:
     double load_ms_ = 0;
     std::string device_;
     PlacementRecorder placement_;
+    CpuWeights cpu_weights_;
     TokenEmbeddings token_embd_;
     std::unique_ptr<SpeechHead> speech_;
 

@@ -15,6 +15,7 @@
 
 #include "bind.h"
 #include "common.h"
+#include "cpu_weights.h"
 #include "engine.h"
 #include "speech.h"
 
@@ -136,12 +137,15 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<Engine>(m, "Engine")
         .def(py::init([](const std::string& model, const std::string& mmproj, int n_threads, const std::string& device,
-                         int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx) {
+                         int n_ctx_seq, int n_batch, int n_slots, bool flash_attn, bool grow_ctx,
+                         const std::string& cpu_repack) {
                  py::gil_scoped_release nogil;
-                 return new Engine(model, mmproj, n_threads, device, n_ctx_seq, n_batch, n_slots, flash_attn, grow_ctx);
+                 return new Engine(model, mmproj, n_threads, device, n_ctx_seq, n_batch, n_slots, flash_attn, grow_ctx,
+                                   cpu_repack);
              }),
              py::arg("model"), py::arg("mmproj"), py::arg("n_threads"), py::arg("device"), py::arg("n_ctx_seq"),
-             py::arg("n_batch"), py::arg("n_slots"), py::arg("flash_attn"), py::arg("grow_ctx"))
+             py::arg("n_batch"), py::arg("n_slots"), py::arg("flash_attn"), py::arg("grow_ctx"),
+             py::arg("cpu_repack") = "")
         .def_property_readonly("sample_rate", &Engine::sample_rate)
         .def_property_readonly("n_vocab", &Engine::n_vocab)
         .def_property_readonly("n_embd", &Engine::n_embd)
@@ -332,4 +336,5 @@ PYBIND11_MODULE(_core, m) {
         return py::make_tuple(py::str(text), py::bytes(buf));
     }, py::arg("data"), py::arg("flush") = true,
        "The engine's byte -> text rule: (valid text, bytes of an unfinished character kept back).");
+    register_cpu_weights(m);  // after Engine: adds Engine.cpu_weights
 }

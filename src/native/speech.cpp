@@ -38,9 +38,11 @@ std::string shape_str(const ggml_tensor* t) {
 
 // ---------------------------------------------------------------- loading
 SpeechHead::SpeechHead(llama_model* backbone, ggml_backend_dev_t gpu, int n_threads, int n_seqs,
-                       const std::string& vocoder_path, const std::string& detokenizer_path)
+                       const std::string& vocoder_path, const std::string& detokenizer_path, const std::string& cpu_repack)
     : backbone_(backbone), gpu_(gpu), n_embd_(llama_model_n_embd(backbone)), max_batch_(std::max(1, n_seqs)) {
     ensure_backend();
+    cpu_policy_ = normalize_policy(cpu_repack);
+    cpu_mode_ = plan_cpu_weights(cpu_policy_, cpu_facts(), {}, gpu != nullptr).mode;
     auto t0 = std::chrono::steady_clock::now();
     try {
         if (gpu) {
@@ -84,23 +86,7 @@ void SpeechHead::free_all() {
 
 ggml_backend_buffer_type_t SpeechHead::matrix_buft(ggml_type type, int64_t ne0, int64_t ne1) const {
     if (gpu_) return nullptr;
-    ggml_backend_dev_t dev = ggml_backend_get_device(backends_.back());
-    auto get_extra = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
-        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(dev), "ggml_backend_dev_get_extra_bufts"));
-    if (!get_extra) return nullptr;
-    for (ggml_backend_buffer_type_t* b = get_extra(dev); b && *b; ++b) {
-        // would the CPU run this mul_mat with the weight in that buffer? (asked with a dry op)
-        GgmlPtr c(ggml_init({4 * ggml_tensor_overhead(), nullptr, true}));
-        ggml_tensor* a = ggml_new_tensor_2d(c.get(), type, ne0, ne1);
-        ggml_tensor* x = ggml_new_tensor_1d(c.get(), GGML_TYPE_F32, ne0);
-        ggml_tensor* op = ggml_mul_mat(c.get(), a, x);
-        ggml_backend_buffer_t probe = ggml_backend_buft_alloc_buffer(*b, 0);
-        a->buffer = probe;
-        const bool ok = ggml_backend_dev_supports_op(dev, op);
-        ggml_backend_buffer_free(probe);
-        if (ok) return *b;
-    }
-    return nullptr;
+    return cpu_matrix_buft(cpu_mode_, type, ne0, ne1);  // never AMX unless asked (cpu_weights.h)
 }
 
 
@@ -300,7 +286,7 @@ void SpeechHead::load_detokenizer(const std::string& path, int n_seqs, int n_thr
     ggml_backend_dev_t devs[2] = {gpu_, nullptr};
     if (gpu_) { mp.devices = devs; mp.n_gpu_layers = -1; }
     else { mp.n_gpu_layers = 0; }
-    detok_model_ = llama_model_load_from_file(path.c_str(), mp);
+    detok_model_ = detok_weights_.load_model(cpu_policy_, path, mp, gpu_ != nullptr);
     if (!detok_model_) throw engine_error("could not load " + what + " (tokenizer-*.gguf, an lfm2 model)");
     char arch[64] = {0};
     llama_model_meta_val_str(detok_model_, "general.architecture", arch, sizeof arch);

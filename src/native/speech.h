@@ -25,6 +25,7 @@
 
 #include "ggml-backend.h"
 #include "ggml.h"
+#include "cpu_weights.h"
 #include "limits.h"
 #include "llama.h"
 
@@ -33,9 +34,11 @@ namespace pylfm {
 class SpeechHead {
 public:
     // `backbone`: the loaded text model (its width); `gpu`: where the weights go (nullptr:
-    // CPU); `n_seqs`: detokenizer sequences (one per engine slot, plus one for probes).
+    // CPU); `n_seqs`: detokenizer sequences (one per engine slot, plus one for probes);
+    // `cpu_repack`: the text model's CPU weight placement policy (cpu_weights.h), applied
+    // to the depthformer's matrices and the detokenizer alike.
     SpeechHead(llama_model* backbone, ggml_backend_dev_t gpu, int n_threads, int n_seqs, const std::string& vocoder_path,
-               const std::string& detokenizer_path);
+               const std::string& detokenizer_path, const std::string& cpu_repack = "");
     ~SpeechHead();
     SpeechHead(const SpeechHead&) = delete;
     SpeechHead& operator=(const SpeechHead&) = delete;
@@ -88,6 +91,7 @@ private:
 
     llama_model* backbone_;
     ggml_backend_dev_t gpu_;
+    std::string cpu_policy_, cpu_mode_;  // where matrices go on the CPU (cpu_weights.h)
     int n_embd_;
 
     // audio head (depthformer)
@@ -108,6 +112,7 @@ private:
     // detokenizer
     llama_model* detok_model_ = nullptr;
     llama_context* detok_ctx_ = nullptr;
+    CpuWeights detok_weights_;
     int detok_embd_n_ = 0, n_spec_ = 0, detok_window_ = 0, n_seqs_ = 0;
     std::vector<int> detok_pos_;  // per sequence
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from .audio.load import AudioInput, load_audio
 from .engine.device import CPU_SESSIONS, GPU_SESSIONS, resolve_defaults
+from .engine.cpu_weights import describe as describe_cpu_weights, resolve_policy
 from .engine.native import call_engine, open_engine
 from .engine.prompt import ASR_SYSTEM_PROMPT, prompt_parts
 from .engine.scheduler import Scheduler
@@ -60,6 +61,10 @@ class Model:
         sessions: live conversations the model keeps at once (each owns a sequence of
             the engine beside the ``batch_size`` ones; default 4 on the CPU, 16 on a GPU).
         verbose: echo llama.cpp's own log to stderr.
+        cpu_repack: where weights live on the CPU: "auto" (never the AMX buffer type,
+            whose matrix product crashes on Sapphire Rapids-class Xeons), "on"
+            (llama.cpp's own choice), "off" (no repacking) or "no-amx"; default
+            ``$PYLFM_CPU_REPACK`` or "auto" (`pylfm.engine.cpu_weights`).
 
     ``None`` (the default of n_threads, batch_size, flash_attn, sessions) is the device's
     default (`pylfm.engine.device.resolve_defaults`); ``model.device``, ``n_threads``,
@@ -72,7 +77,7 @@ class Model:
     def __init__(self, model: Optional[Union[str, os.PathLike]] = None, mmproj: Optional[Union[str, os.PathLike]] = None,
                  *, device: str = "auto", n_threads: Optional[int] = None, batch_size: Optional[int] = None,
                  n_ctx: Optional[int] = None, quant: str = DEFAULT_QUANT, flash_attn: Optional[bool] = None,
-                 sessions: Optional[int] = None, verbose: bool = False) -> None:
+                 sessions: Optional[int] = None, verbose: bool = False, cpu_repack: Optional[str] = None) -> None:
         if sessions is not None:
             _positive_int("sessions", sessions, 0)
         if n_ctx is not None:
@@ -80,12 +85,13 @@ class Model:
         # The user's device word becomes ggml's ("metal" -> "mtl:0"), and what was left
         # None becomes the device's default, in one place.
         chosen = resolve_defaults(device, n_threads, batch_size, flash_attn)
+        cpu_repack = resolve_policy(cpu_repack)
         if sessions is None:
             sessions = GPU_SESSIONS if chosen.on_gpu else CPU_SESSIONS
         model_path, mmproj_path = resolve(model, mmproj, quant)
         self._engine = open_engine(model_path, mmproj_path, n_threads=chosen.n_threads, device=chosen.device,
                                    n_ctx=n_ctx, batch_size=chosen.batch_size + sessions, flash_attn=chosen.flash_attn,
-                                   verbose=verbose)
+                                   verbose=verbose, cpu_repack=cpu_repack)
         self.model_path = model_path
         self.mmproj_path = mmproj_path
         self.n_threads: int = chosen.n_threads
@@ -96,6 +102,8 @@ class Model:
         self.n_vocab: int = self._engine.n_vocab
         self.device: str = self._engine.device
         self.load_ms: float = self._engine.load_ms
+        #: where the weights went on the CPU: {policy, mode, reason, buffers_mib, ...}
+        self.cpu_weights: Dict[str, Any] = dict(self._engine.cpu_weights)
         self.scheduler = Scheduler(self._engine, self.batch_size)
         #: speech output (`speak`, `chat`, conversations) on this model's backbone, loaded on first use
         self.speech_runtime = SpeechRuntime(self._engine, self.scheduler, model_path, max_sessions=sessions)
@@ -103,6 +111,7 @@ class Model:
         log.info("loaded %s + %s on %s in %.0f ms (%d threads, %d slots, %d sessions, flash attention %s)",
                  model_path.name, mmproj_path.name, self.device, self.load_ms, self.n_threads, self.batch_size,
                  sessions, "auto" if self.flash_attn else "off")
+        log.info("CPU weights: %s", describe_cpu_weights(self.cpu_weights))
 
     def __repr__(self) -> str:
         return f"Model(model={str(self.model_path)!r}, mmproj={str(self.mmproj_path)!r}, device={self.device!r})"

@@ -1,4 +1,5 @@
-"""``pylfm info``: the compiled-in backends and the devices they see."""
+"""``pylfm info``: the compiled-in backends, the devices they see, and where weights live
+on the CPU (AMX or not)."""
 
 from __future__ import annotations
 
@@ -23,5 +24,9 @@ def main(args: argparse.Namespace) -> int:
     for d in info["devices"]:
         print(f"device:   {d['name']} ({d['type']}, {d['backend']}): {d['description']}")
     print("gpu offload: " + ("yes" if info["gpu_offload"] else "no"))
+    cpu = info["cpu"]
+    print(f"cpu:      {cpu['description']}, AMX: {'yes' if cpu['amx'] else 'no'}, extra buffer types: "
+          f"{', '.join(cpu['extra_bufts']) or 'none'} ({cpu['library'] or 'linked in'})")
+    print(f"cpu weights: {cpu['policy']} -> {cpu['mode']}: {cpu['reason']} (PYLFM_CPU_REPACK=auto|on|off|no-amx)")
     print(info["llama_system_info"])
     return 0

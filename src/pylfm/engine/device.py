@@ -219,10 +219,15 @@ def explain_import_error(error: ImportError) -> ImportError:
 
 
 def system_info() -> Dict[str, Any]:
-    """The backends compiled into this build (CPU, CUDA, Metal, ...) and visible devices."""
+    """The backends compiled into this build (CPU, CUDA, Metal, ...), visible devices, and
+    ``cpu``: the CPU backend's features, extra buffer types and weight placement policy
+    (`pylfm.engine.cpu_weights.cpu_info`)."""
     from .. import _core  # lazily: device strings are checked without loading llama.cpp
+    from .cpu_weights import cpu_info
 
-    return dict(_core.system_info())
+    info = dict(_core.system_info())
+    info["cpu"] = cpu_info()
+    return info
 
 
 # ---------------------------------------------------------------------- helpers

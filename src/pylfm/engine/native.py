@@ -19,15 +19,17 @@ N_BATCH = 512
 
 
 def open_engine(model_path: Path, mmproj_path: Path, *, n_threads: int, device: str, n_ctx: Optional[int],
-                batch_size: int, flash_attn: bool, verbose: bool) -> "_core.Engine":
+                batch_size: int, flash_attn: bool, verbose: bool, cpu_repack: str = "auto") -> "_core.Engine":
     """Checks the pair of files (`check_pair`) and loads them on ``device`` with
     ``batch_size`` sequence slots; ``n_ctx=None`` sizes each sequence's context to fit
-    its window (grown on demand). Raises DeviceError or ModelLoadError with what to do."""
+    its window (grown on demand); ``cpu_repack`` is the CPU weight placement policy
+    (`pylfm.engine.cpu_weights`). Raises DeviceError or ModelLoadError with what to do."""
     check_pair(model_path, mmproj_path)
     set_verbose(verbose)
     try:
         engine = _core.Engine(str(model_path), str(mmproj_path), n_threads, device,
-                              n_ctx or START_CTX_PER_SEQUENCE, N_BATCH, batch_size, flash_attn, n_ctx is None)
+                              n_ctx or START_CTX_PER_SEQUENCE, N_BATCH, batch_size, flash_attn, n_ctx is None,
+                              cpu_repack)
     except ValueError as e:
         if "device" in str(e):
             raise DeviceError(f"{e}. Use device='cpu' or 'auto', or install a GPU build "
