@@ -9,7 +9,7 @@ For each text-model type (Q4_0, Q8_0, F16) and each placement mode pylfm can loa
 with (``Model(cpu_repack=...)``: ``on`` = llama.cpp's own placement, ``no-amx`` = extra
 buffer types off + matrix weights overridden to CPU_REPACK, ``off`` = plain weights;
 ``auto`` is one of these per machine and is not run twice), one fresh process loads the
-model and times ``Model.transcribe`` of one 30 s window of ``pylfm.bench.synth_audio``
+model and times ``Model.transcribe`` of one 30 s window of ``pylfm.measure.bench.synth_audio``
 (no VAD: exactly one window), exactly ``--fixed-tokens`` greedy tokens: first-token time
 (audio encode + prefill, the engine's own timings), prefill tok/s, decode tok/s, the
 weight buffers llama.cpp reports (``model.cpu_weights``). A placement that crashes (the
@@ -64,7 +64,7 @@ def _log(msg: str) -> None:
 # ---------------------------------------------------------------------- one pylfm cell (child process)
 def worker(cfg: Dict[str, Any]) -> Dict[str, Any]:
     import pylfm
-    from pylfm.bench import run_bench, synth_audio
+    from pylfm.measure.bench import run_bench, synth_audio
 
     t0 = time.perf_counter()
     model = pylfm.Model(cfg["model"], cfg["mmproj"], device="cpu", n_threads=cfg["threads"], batch_size=1,
@@ -102,7 +102,7 @@ def run_cell(cfg: Dict[str, Any], timeout: float) -> Dict[str, Any]:
 # ---------------------------------------------------------------------- liquid-audio
 def run_reference(ref_python: Path, checkpoint: Path, seconds: float, fixed_tokens: int, repeat: int, threads: int,
                   timeout: float) -> Dict[str, Any]:
-    from pylfm.bench import synth_audio
+    from pylfm.measure.bench import synth_audio
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -216,7 +216,7 @@ def main() -> int:
         print(render(json.loads(args.render.read_text())))
         return 0
 
-    from pylfm.cpu_weights import cpu_info
+    from pylfm.engine.cpu_weights import cpu_info
 
     qtypes = [q.strip().lower() for q in args.quants.split(",") if q.strip()]
     modes = [m.strip().lower() for m in args.modes.split(",") if m.strip()]
