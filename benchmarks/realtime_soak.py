@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import base64
 import json
-import os
 import random
 import signal
 import socket
@@ -283,7 +282,10 @@ def main() -> int:
            "--device", "cpu", "--threads", str(args.threads), "--port", str(port), "--batch-size", "2",
            "--sessions", str(args.sessions or args.clients), "--max-new-tokens", "32", "--max-reply-s", "8",
            "--realtime-idle-timeout-s", "60"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the server's log goes to a file: a pipe nobody reads would fill up and stall it
+    log_path = work / "server.log"
+    log_file = open(log_path, "w")
+    server = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     import httpx
 
@@ -295,7 +297,7 @@ def main() -> int:
                 break
             except Exception:  # noqa: BLE001
                 if server.poll() is not None or time.monotonic() > deadline:
-                    print(server.stdout.read() if server.stdout else "", file=sys.stderr)
+                    print(log_path.read_text(), file=sys.stderr)
                     raise SystemExit("the server did not start")
                 time.sleep(0.5)
         stats = Stats()
@@ -340,8 +342,8 @@ def main() -> int:
             server.wait(20)
         except subprocess.TimeoutExpired:
             server.kill()
-        if os.environ.get("PYLFM_SOAK_LOG") and server.stdout:
-            print(server.stdout.read())
+        log_file.close()
+        print(f"server log: {log_path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

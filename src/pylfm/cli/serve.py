@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--realtime-max-session-s", type=float, default=rt.max_session_s,
                    help=f"length of a realtime session in seconds (default {rt.max_session_s:g})")
     r.add_argument("--realtime-idle-timeout-s", type=float, default=rt.idle_timeout_s,
-                   help=f"close a realtime session after this long without a client event (default "
+                   help=f"close a realtime session after this long without a client event or a running reply (default "
                         f"{rt.idle_timeout_s:g})")
     r.add_argument("--realtime-max-message-mib", type=float, default=rt.max_message_mib,
                    help=f"largest realtime client message in MiB (default {rt.max_message_mib:g})")

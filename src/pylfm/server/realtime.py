@@ -61,7 +61,7 @@ class RealtimeSettings:
 
     max_connections: int = 16        # WebSocket sessions at once (both types); more get close 1013
     max_session_s: float = 1800.0    # a session's length; then error session_expired and close 1000
-    idle_timeout_s: float = 300.0    # no client message for this long: error idle_timeout and close 1000
+    idle_timeout_s: float = 300.0    # no client message and no reply for this long: idle_timeout, close 1000
     max_message_mib: float = 16.0    # one client message (OpenAI allows 15 MiB per append)
     max_buffer_s: float = 120.0      # uncommitted input audio (manual turns); VAD utterances end at 30 s
     max_reply_s: float = 60.0        # seconds of speech per reply
@@ -271,6 +271,8 @@ class RealtimeSession:
         assert self._stop is not None
         while not self.closing:
             now = time.monotonic()
+            if self.response is not None:  # a client listening to a long reply is not idle
+                self.last_message = now
             idle_left = self.last_message + self.settings.idle_timeout_s - now
             session_left = self.started + self.settings.max_session_s - now
             if session_left <= 0:
@@ -1008,6 +1010,7 @@ class RealtimeSession:
                    "response": ev.response_object(r.id, status, [done_item], cfg, r.modalities, r.max_tokens,
                                                   r.metadata, details, usage)})
         self.response = None
+        self.last_message = max(self.last_message, time.monotonic())  # idle counts from the reply's end
         if self.pending_response and not self.closing:
             self.pending_response = False
             said = [i for i in self.items if i.role == "user" or i.reply is not None or i.text]
