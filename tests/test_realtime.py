@@ -606,6 +606,29 @@ def test_limits_close_with_codes_that_say_why(model):
     assert code == 1000 and events[-1]["error"]["code"] == "session_expired"
 
 
+def test_a_client_listening_to_a_long_reply_is_not_idle(model):
+    """The idle timeout counts from the last client event or the end of the last reply:
+    a reply longer than the timeout plays to its end, then the idle session is closed."""
+    async def main(url):
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0).realtime.connect(
+                model="lfm2-audio") as conn:
+            ev = Events(conn)
+            await ev.type("session.created")
+            t0 = time.monotonic()
+            done = await text_turn(conn, ev, "Tell me a long story.", max_output_tokens=200)
+            took = time.monotonic() - t0
+            err = await ev.type("error", timeout=10)
+            return done, took, err
+
+    with serving.Serving(create_app(model, realtime=settings(idle_timeout_s=0.4))) as srv:
+        done, took, err = run(main(srv.url))
+        wait_released(srv)
+    assert took > 0.4  # the reply outlasted the timeout...
+    assert done.response.status in ("completed", "incomplete")  # ...and ran to its end (or its 200 steps),
+    assert done.response.status == "completed" or done.response.status_details.reason == "max_output_tokens"
+    assert err.error.code == "idle_timeout"
+
+
 def test_beta_clients_get_the_beta_names_and_flat_session(server):
     import websockets.asyncio.client as wsc
 
