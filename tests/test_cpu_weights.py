@@ -195,6 +195,14 @@ def test_speech_matrices_follow_the_mode():
 
 
 # ---------------------------------------------------------------------- the real engine
+def _safe_policies() -> tuple:
+    """The policies this machine can run: all of them, but "on" where the CPU has the AMX
+    buffer type (llama.cpp's AMX matrix product kills the process there, which is the
+    reason for the policy; the decision tests above cover that case with an AMX Xeon's facts)."""
+    amx = "AMX" in _core.cpu_facts()["extra_bufts"]
+    return tuple(p for p in POLICIES if not (amx and p == "on"))
+
+
 def _chirp(seconds=3.0):
     t = np.arange(int(seconds * 16000)) / 16000
     return (0.3 * np.sin(2 * np.pi * (200 * t + 266 * t * t))).astype(np.float32)
@@ -213,7 +221,7 @@ def test_every_policy_loads_and_transcribes_the_same_tokens(qtype, tiny_q4, tiny
     by_hand = {n for n, _, runs in facts if any(b != "AMX" for b in runs) and n != "token_embd.weight"
                and n.startswith("blk.")}
     tokens, placed = {}, {}
-    for policy in POLICIES:
+    for policy in _safe_policies():
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="pylfm"):
             m = pylfm.Model(path, tiny_gguf_f32.mmproj_path, device="cpu", n_threads=2, batch_size=1,
@@ -232,14 +240,15 @@ def test_every_policy_loads_and_transcribes_the_same_tokens(qtype, tiny_q4, tiny
         assert reported == set(placed[policy])
         assert any(rec.name == "pylfm" and rec.getMessage().startswith(f"CPU weights: policy {policy} -> ")
                    for rec in caplog.records)
-    assert tokens["auto"] == tokens["on"] == tokens["off"] == tokens["no-amx"]
+    assert len({tuple(t) for t in tokens.values()}) == 1  # every policy, the same greedy tokens
     assert "CPU_REPACK" not in placed["off"]
     # no-amx: exactly the weights CPU_REPACK runs went there (Q4_0 on x86; none for Q8_0 on x86)
     assert ("CPU_REPACK" in placed["no-amx"]) == (bool(by_hand) and "CPU_REPACK" in bufts)
     if "AMX" not in bufts:
         assert placed["auto"] == placed["on"]  # auto is llama.cpp's own placement here
     if qtype == "Q4_0" and "CPU_REPACK" in bufts and "AVX2" in _core.cpu_facts()["features"]:
-        assert "CPU_REPACK" in placed["on"] and "CPU_REPACK" in placed["no-amx"]  # measured on x86 with AVX2
+        # x86 with AVX2: Q4_0 is repacked under every policy but "off" (measured)
+        assert all("CPU_REPACK" in placed[p] for p in placed if p != "off")
 
 
 def test_the_environment_variable_reaches_the_model(tiny_q4, tiny_gguf_f32, monkeypatch):
@@ -263,7 +272,7 @@ def test_speech_output_under_every_policy(tiny_checkpoint, tmp_path_factory, cap
     cpu = _core.cpu_facts()
     repacks_q4 = "CPU_REPACK" in cpu["extra_bufts"] and "AVX2" in cpu["features"]
     out = {}
-    for policy in POLICIES:
+    for policy in _safe_policies():
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="pylfm"):
             m = pylfm.Model(r.model_path, r.mmproj_path, device="cpu", n_threads=2, batch_size=1, cpu_repack=policy)
@@ -279,5 +288,5 @@ def test_speech_output_under_every_policy(tiny_checkpoint, tmp_path_factory, cap
         assert "AMX " not in notes[0].split("buffers:")[-1] or policy == "on"
         if repacks_q4:  # the detokenizer's Q4_0 matrices (rows of 8) are repacked unless "off"
             assert ("CPU_REPACK" in notes[0].split("buffers:")[-1]) == (policy != "off"), notes[0]
-    for policy in POLICIES:
+    for policy in _safe_policies():
         np.testing.assert_allclose(out[policy], out["off"], rtol=0, atol=2e-2 * np.abs(out["off"]).max())
