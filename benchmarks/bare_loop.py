@@ -81,6 +81,16 @@ def _load_backend_modules(ll) -> None:
         ggml.ggml_backend_load_all_from_path(str(d).encode())
 
 
+def _has_amx_buffer_type() -> bool:
+    """Whether the CPU backend offers the AMX buffer type (asked through pylfm's core,
+    which reads ggml's registry; the bare loop itself stays pure llama.cpp)."""
+    try:
+        from pylfm import _core
+    except ImportError:
+        return False
+    return "AMX" in _core.cpu_facts()["extra_bufts"]
+
+
 class BareASR:
     """llama.cpp + mtmd through ctypes, set up as pylfm's core sets itself up on CPU."""
 
@@ -97,6 +107,10 @@ class BareASR:
         ll.llama_backend_init()
         mp = ll.llama_model_default_params()
         mp.n_gpu_layers = 0
+        if _has_amx_buffer_type():
+            # the AMX buffer type's matrix product crashes (see docs/cpus.md): off, as
+            # pylfm's auto placement does (minus its CPU_REPACK overrides)
+            mp.use_extra_bufts = False
         self.model = ll.llama_model_load_from_file(model.encode(), mp)
         if not self.model:
             raise RuntimeError(f"could not load {model}")
