@@ -35,7 +35,7 @@ import numpy as np
 from ..errors import PylfmError, SpeechError
 from ..speech.generate import check_sampling, choose_seed, frames_for, speech_params
 from ..speech.istft import FRAME_SAMPLES, FRAMES_PER_SECOND
-from ..speech.job import SpeechJob
+from ..speech.job import SpeechJob, item_parts
 from ..speech.result import Speech, SpeechChunk
 from ..speech.voices import MODES, voice_name
 from .turns import float_chunk
@@ -84,23 +84,7 @@ class _Turn:
     def item_parts(self, start: int) -> list:
         """The assistant's items from ``start`` as engine prompt parts (token-id arrays and
         frame arrays, in order)."""
-        parts: list = []
-        run: list = []
-        for it in self.items[start:]:
-            frame = isinstance(it, np.ndarray)
-            if run and isinstance(run[0], np.ndarray) != frame:
-                parts.append(_run_part(run))
-                run = []
-            run.append(it)
-        if run:
-            parts.append(_run_part(run))
-        return parts
-
-
-def _run_part(run: list) -> np.ndarray:
-    if isinstance(run[0], np.ndarray):
-        return np.stack(run).astype(np.int32).reshape(-1, 8)
-    return np.asarray(run, np.int32)
+        return item_parts(self.items[start:])
 
 
 class Conversation:

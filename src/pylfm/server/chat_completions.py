@@ -370,27 +370,14 @@ def prompt_of(req: ChatRequest) -> list:
 
 
 def _item_parts(items: list) -> list:
-    """An answer's token ids and (8,) frames as runs of tokens and of frames."""
+    """An answer's token ids and (8,) frames as runs of tokens and of frames (its closing
+    <|im_end|> left to the prompt's own)."""
+    from ..speech.job import item_parts
+
     items = list(items)
     if items and not isinstance(items[-1], np.ndarray) and int(items[-1]) == IM_END:
         items.pop()
-    out: list = []
-    run: list = []
-    for it in items:
-        frame = isinstance(it, np.ndarray)
-        if run and isinstance(run[0], np.ndarray) != frame:
-            out.append(_run(run))
-            run = []
-        run.append(it)
-    if run:
-        out.append(_run(run))
-    return out
-
-
-def _run(run: list) -> np.ndarray:
-    if isinstance(run[0], np.ndarray):
-        return np.stack(run).astype(np.int32).reshape(-1, 8)
-    return np.asarray(run, np.int32)
+    return item_parts(items)
 
 
 def add_chat_routes(app: Any, svc: "Service", *, max_reply_s: float = 60.0) -> None:

@@ -200,3 +200,25 @@ class SpeechJob:
         return Speech(audio=np.concatenate(audio) if audio else np.zeros(0, np.float32),
                       text=str(r.get("text", "")), codes=np.asarray(r.get("codes", np.zeros((0, 8))), np.int32),
                       tokens=list(r.get("tokens", [])), stop_reason=str(r.get("stop_reason", "")), timings=timings)
+
+
+def item_parts(items: List[Any]) -> List[np.ndarray]:
+    """A reply's items (`SpeechJob.items`: token ids and (8,) frames, in order) as the
+    engine's prompt parts: runs of token ids (int32) and runs of frames ((n, 8) int32),
+    alternating as they came; how an answer goes back into a history."""
+    parts: List[np.ndarray] = []
+    run: List[Any] = []
+    for it in items:
+        if run and isinstance(run[0], np.ndarray) != isinstance(it, np.ndarray):
+            parts.append(_run_part(run))
+            run = []
+        run.append(it)
+    if run:
+        parts.append(_run_part(run))
+    return parts
+
+
+def _run_part(run: List[Any]) -> np.ndarray:
+    if isinstance(run[0], np.ndarray):
+        return np.stack(run).astype(np.int32).reshape(-1, 8)
+    return np.asarray(run, np.int32)
