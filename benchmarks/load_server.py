@@ -33,18 +33,18 @@ Prints a table, or JSON with ``--json``.
 """
 
 import argparse
+import contextlib
 import io
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional
 
 import httpx
+from serve_child import serve_child
 
 
 def make_audio(seconds: float, rate: int = 16000) -> bytes:
@@ -62,12 +62,6 @@ def audio_seconds(data: bytes) -> float:
 
     info = sf.info(io.BytesIO(data))
     return info.frames / info.samplerate
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def percentile(values: List[float], q: float) -> float:
@@ -168,10 +162,10 @@ def run_level(target: Target, clients: int, requests: int, expected: Optional[st
     }
 
 
-def start_server(args: argparse.Namespace) -> "tuple[subprocess.Popen, str]":
-    port = free_port()
-    cmd = [sys.executable, "-m", "pylfm.cli", "serve", "--model", args.model, "--port", str(port),
-           "--queue", str(max(64, max(args.clients) * 2)), "--max-new-tokens", str(args.max_new_tokens)]
+def serve_args(args: argparse.Namespace) -> List[str]:
+    """``pylfm serve``'s arguments for the server this benchmark starts."""
+    cmd = ["--model", args.model, "--queue", str(max(64, max(args.clients) * 2)),
+           "--max-new-tokens", str(args.max_new_tokens)]
     if args.mmproj:
         cmd += ["--mmproj", args.mmproj]
     if args.device:
@@ -182,31 +176,7 @@ def start_server(args: argparse.Namespace) -> "tuple[subprocess.Popen, str]":
         cmd += ["--api-key", args.api_key]
     if args.fixed_tokens:
         cmd += ["--fixed-tokens", str(args.fixed_tokens)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=None if args.verbose else subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    deadline = time.monotonic() + args.start_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with status {proc.returncode} (run with --verbose to see why): "
-                             + " ".join(cmd))
-        try:
-            if httpx.get(url + "/health", headers=headers, timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise SystemExit(f"the server did not answer /health within {args.start_timeout:.0f} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    return cmd
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -242,11 +212,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     audio = open(args.audio, "rb").read() if args.audio else make_audio(args.seconds)
     seconds = audio_seconds(audio)
-    proc = None
-    url = args.url
-    if args.model:
-        proc, url = start_server(args)
-    try:
+    with contextlib.ExitStack() as stack:
+        url = args.url
+        if args.model:
+            headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+            _, url = stack.enter_context(serve_child(serve_args(args), echo=args.verbose,
+                                                     start_timeout=args.start_timeout, headers=headers))
         target = Target(url, args.api_key, audio, args.response_format, args.stream, args.timeout)
         with httpx.Client() as c:
             warm = target.request(c)  # loads caches, and gives the answer every request must match
@@ -263,9 +234,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             if levels and levels[0]["requests_per_s"] and level["requests_per_s"]:
                 level["speedup"] = round(level["requests_per_s"] / levels[0]["requests_per_s"], 2)
             levels.append(level)
-    finally:
-        if proc is not None:
-            stop_server(proc)
 
     report = {"url": url, "audio_seconds": round(seconds, 3), "response_format": args.response_format,
               "stream": args.stream, "requests_per_client": args.requests, "device": health.get("device"),

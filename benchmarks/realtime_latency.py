@@ -32,13 +32,11 @@ import base64
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import numpy as np
 
@@ -46,14 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import voice  # noqa: E402  (tests/voice.py)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from serve_child import serve_child  # noqa: E402  (benchmarks/serve_child.py)
 
 
 def pct(xs: List[float], q: float) -> float:
@@ -162,31 +153,18 @@ def main() -> int:
     args = ap.parse_args()
 
     most = max(args.sessions)
-    port = free_port()
-    cmd = [sys.executable, "-m", "pylfm.cli", "serve", "--model", args.model, "--mmproj", args.mmproj,
-           "--device", "cpu", "--threads", str(args.threads), "--port", str(port), "--sessions", str(most),
-           "--batch-size", str(most), "--queue", str(4 * most), "--realtime-idle-timeout-s", "900"]
-    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    import httpx
-
+    serve = ["--model", args.model, "--mmproj", args.mmproj, "--device", "cpu", "--threads", str(args.threads),
+             "--sessions", str(most), "--batch-size", str(most), "--queue", str(4 * most),
+             "--realtime-idle-timeout-s", "900"]
     u = voice.utterances()[0]
     audio_b64 = list(voice.b64_chunks(u))
     wav_b64 = base64.b64encode(voice.wav_bytes(voice.utterances(16000)[0], 16000)).decode()
     results: Dict[str, Any] = {"machine": {"cpu": _cpu(), "threads": args.threads, "loadavg_before": os.getloadavg()},
                                "model": Path(args.model).name, "mmproj": Path(args.mmproj).name,
                                "speech_s": round(len(u) / 24000, 2), "reply_steps": args.reply_steps, "runs": []}
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            try:
-                httpx.get(base + "/health", timeout=2)
-                break
-            except Exception:  # noqa: BLE001
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print(server.stdout.read() if server.stdout else "", file=sys.stderr)
-                    raise SystemExit("the server did not start")
-                time.sleep(1)
+    log = Path(tempfile.mkdtemp(prefix="pylfm-latency-")) / "server.log"
+    print(f"server log: {log}", file=sys.stderr)
+    with serve_child(serve, log=log, start_timeout=600) as (_, base):
         url = base.replace("http", "ws") + "/v1/realtime"
         # warm-up: speech GGUFs loaded, graphs built, one turn each way
         asyncio.run(realtime_turns(url, 1, 1, args.reply_steps, False, audio_b64, []))
@@ -223,13 +201,7 @@ def main() -> int:
                           and r["serving"] == "one at a time"), b)
                 print(f"| {path} | {n} | {b['p50_s']:.2f} / {b['p95_s']:.2f} | {s['p50_s']:.2f} / {s['p95_s']:.2f} |")
         print(f"\nload average before {results['machine']['loadavg_before']}, after {results['machine']['loadavg_after']}")
-        return 0
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+    return 0
 
 
 def _cpu() -> str:

@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import json
 import random
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import voice  # noqa: E402  (tests/voice.py: the fixture's utterances)
+from serve_child import serve_child  # noqa: E402  (benchmarks/serve_child.py)
 
 
 def tiny_model(workdir: Path) -> Dict[str, Path]:
@@ -57,14 +55,6 @@ def tiny_model(workdir: Path) -> Dict[str, Path]:
     ckpt = tool.make_checkpoint(workdir / "lively", seed=0, lively=True)
     r = convert(ckpt, outdir=workdir / "gguf", outtype="f32", progress=False)
     return {"model": r.model_path, "mmproj": r.mmproj_path}
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def rss_mib(pid: int) -> float:
@@ -277,29 +267,14 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pylfm-soak-"))
     files = {"model": Path(args.model), "mmproj": Path(args.mmproj)} if args.model else tiny_model(work)
-    port = free_port()
-    cmd = [sys.executable, "-m", "pylfm.cli", "serve", "--model", str(files["model"]), "--mmproj", str(files["mmproj"]),
-           "--device", "cpu", "--threads", str(args.threads), "--port", str(port), "--batch-size", "2",
-           "--sessions", str(args.sessions or args.clients), "--max-new-tokens", "32", "--max-reply-s", "8",
-           "--realtime-idle-timeout-s", "60"]
-    # the server's log goes to a file: a pipe nobody reads would fill up and stall it
-    log_path = work / "server.log"
-    log_file = open(log_path, "w")
-    server = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
+    serve = ["--model", str(files["model"]), "--mmproj", str(files["mmproj"]), "--device", "cpu",
+             "--threads", str(args.threads), "--batch-size", "2", "--sessions", str(args.sessions or args.clients),
+             "--max-new-tokens", "32", "--max-reply-s", "8", "--realtime-idle-timeout-s", "60"]
+    log = work / "server.log"
+    print(f"server log: {log}", file=sys.stderr)
     import httpx
 
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                httpx.get(base + "/health", timeout=2)
-                break
-            except Exception:  # noqa: BLE001
-                if server.poll() is not None or time.monotonic() > deadline:
-                    print(log_path.read_text(), file=sys.stderr)
-                    raise SystemExit("the server did not start")
-                time.sleep(0.5)
+    with serve_child(serve, log=log, start_timeout=120) as (server, base):
         stats = Stats()
         samples: List[Dict[str, Any]] = []
         url = base.replace("http", "ws") + "/v1/realtime"
@@ -335,15 +310,7 @@ def main() -> int:
         ok = final["realtime"]["slots_held"] == 0 and stats.c["answers_missing"] == 0
         print("\nslots held at the end:", final["realtime"]["slots_held"], "| answers:",
               f"{stats.c['answers']}/{stats.c['answers_expected']}", "| OK" if ok else "| FAILED")
-        return 0 if ok else 1
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log_file.close()
-        print(f"server log: {log_path}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
