@@ -77,6 +77,21 @@ def tiny_speech_f32(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="session")
+def lively_checkpoint(tiny_tool: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint whose speech is lively (seed 0): replies that talk for a while."""
+    return tiny_tool.make_checkpoint(tmp_path_factory.mktemp("lively") / "lively", seed=0, lively=True)
+
+
+@pytest.fixture(scope="session")
+def lively_gguf(lively_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
+    """ConvertResult of the lively checkpoint in F32, with its speech GGUFs next to the
+    model: what the live, realtime, chat-completions and voice-page tests talk to."""
+    from pylfm.files.convert import convert
+
+    return convert(lively_checkpoint, outdir=tmp_path_factory.mktemp("lively-f32"), outtype="f32", progress=False)
+
+
+@pytest.fixture(scope="session")
 def looping_gguf(tmp_path_factory: pytest.TempPathFactory):
     """ConvertResult (F32) of a tiny model that falls into repetition loops
     (tools/make_looping_checkpoint.py)."""

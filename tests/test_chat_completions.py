@@ -35,14 +35,6 @@ GREEDY = {"seed": 0, "audio_temperature": 0, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
-def lively_gguf(tiny_tool, tmp_path_factory):
-    from pylfm.files.convert import convert
-
-    ckpt = tiny_tool.make_checkpoint(tmp_path_factory.mktemp("cc") / "lively", seed=0, lively=True)
-    return convert(ckpt, outdir=tmp_path_factory.mktemp("cc-gguf"), outtype="f32", progress=False)
-
-
-@pytest.fixture(scope="module")
 def model(lively_gguf):
     m = pylfm.Model(lively_gguf.model_path, lively_gguf.mmproj_path, device="cpu", n_threads=2, batch_size=2,
                     sessions=1)

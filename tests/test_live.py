@@ -30,14 +30,6 @@ def tone(seconds: float, freq: float, seed: int = 0) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def lively_gguf(tiny_tool, tmp_path_factory):
-    from pylfm.files.convert import convert
-
-    ckpt = tiny_tool.make_checkpoint(tmp_path_factory.mktemp("lively-live") / "lively", seed=0, lively=True)
-    return convert(ckpt, outdir=tmp_path_factory.mktemp("lively-live-gguf"), outtype="f32", progress=False)
-
-
-@pytest.fixture(scope="module")
 def model(lively_gguf):
     m = pylfm.Model(lively_gguf.model_path, lively_gguf.mmproj_path, device="cpu", n_threads=2, batch_size=2,
                     sessions=3)

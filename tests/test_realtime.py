@@ -13,7 +13,7 @@ import base64
 import json
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import pytest
@@ -34,14 +34,6 @@ import voice
 KEY = "rt-key-1"
 REPLY_STEPS = 20  # most tests' replies: about 1 s of speech
 GREEDY = dict(temperature=0.0, seed=0)
-
-
-@pytest.fixture(scope="module")
-def lively_gguf(tiny_tool, tmp_path_factory):
-    from pylfm.files.convert import convert
-
-    ckpt = tiny_tool.make_checkpoint(tmp_path_factory.mktemp("rt") / "lively", seed=0, lively=True)
-    return convert(ckpt, outdir=tmp_path_factory.mktemp("rt-gguf"), outtype="f32", progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -52,11 +52,6 @@ def snr_db(ref: np.ndarray, x: np.ndarray) -> float:
 
 
 # ---------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def lively_checkpoint(tiny_tool, tmp_path_factory) -> Path:
-    return tiny_tool.make_checkpoint(tmp_path_factory.mktemp("lively") / "lively", seed=0, lively=True)
-
-
 def _converted(checkpoint: Path, tmp_path_factory, outtype: str):
     return convert(checkpoint, outdir=tmp_path_factory.mktemp(f"speech-{outtype}"), outtype=outtype, progress=False)
 
@@ -74,9 +69,8 @@ def model(gguf_f32):
 
 
 @pytest.fixture(scope="module")
-def lively(lively_checkpoint, tmp_path_factory):
-    r = _converted(lively_checkpoint, tmp_path_factory, "f32")
-    m = pylfm.Model(r.model_path, r.mmproj_path, device="cpu", n_threads=2, batch_size=1)
+def lively(lively_gguf):
+    m = pylfm.Model(lively_gguf.model_path, lively_gguf.mmproj_path, device="cpu", n_threads=2, batch_size=1)
     yield m
     m.close()
 

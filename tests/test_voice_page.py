@@ -41,14 +41,6 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def lively_gguf(tiny_tool, tmp_path_factory):
-    from pylfm.files.convert import convert
-
-    ckpt = tiny_tool.make_checkpoint(tmp_path_factory.mktemp("page") / "lively", seed=0, lively=True)
-    return convert(ckpt, outdir=tmp_path_factory.mktemp("page-gguf"), outtype="f32", progress=False)
-
-
-@pytest.fixture(scope="module")
 def microphone(tmp_path_factory):
     """A sentence then a 6 s pause, at 48 kHz (Chromium loops the file)."""
     rate = 48000
