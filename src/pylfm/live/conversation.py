@@ -538,11 +538,7 @@ class Conversation:
         log.warning("pylfm: conversation longer than max_context=%d: dropped its %d oldest turn(s)",
                     self.max_context, dropped)
         self._model.speech_runtime.reset_session(self._session)
-        self.n_past = 0
-        for t in self._turns:
-            t.in_engine = False
-            if t.role == "assistant":
-                t.fed = -1
+        self._forget_engine()
 
 
 def kept_items(items: List[Any], played_ms: float) -> Optional[int]:
