@@ -221,6 +221,12 @@ def test_bad_requests_get_400_with_openai_error_bodies(server, question, model):
         big = json.dumps({"messages": [audio_message(b"\0" * 1_200_000)]})
         r = httpx.post(small.url + "/v1/chat/completions", content=big, headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        # the same body sent chunked (no Content-Length): refused as it grows past the limit
+        r = httpx.post(small.url + "/v1/chat/completions", content=iter([big[i:i + 65536].encode()
+                                                                       for i in range(0, len(big), 65536)]),
+                       headers={"Content-Type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+        assert "--max-upload-mib" in r.json()["error"]["message"]
     server.wait_idle()
 
 

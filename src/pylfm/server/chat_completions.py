@@ -57,6 +57,7 @@ import numpy as np
 
 from .disconnect import Client, watch_disconnect
 from .errors import APIError
+from .forms import read_body
 
 if TYPE_CHECKING:
     from .service import Service
@@ -410,20 +411,11 @@ def add_chat_routes(app: Any, svc: "Service", *, max_reply_s: float = 60.0) -> N
         log.error("chat completion failed", exc_info=(type(e), e, e.__traceback__))
         return APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error")
 
-    async def read_body(request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > body_limit:
-            raise APIError(413, f"the request is {int(declared)} bytes; this server takes at most {body_limit} "
-                                "(pylfm serve --max-upload-mib)", code="request_too_large")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > body_limit:
-                raise APIError(413, f"the request is larger than {body_limit} bytes (pylfm serve --max-upload-mib)",
-                               code="request_too_large")
-            chunks.append(chunk)
+    async def read_json(request: Request) -> Any:
+        body = await read_body(request, body_limit, "request", code="request_too_large",
+                               hint=" (pylfm serve --max-upload-mib)")
         try:
-            return json.loads(b"".join(chunks))
+            return json.loads(body)
         except ValueError:
             raise APIError(400, "the body is not JSON") from None
 
@@ -522,7 +514,7 @@ def add_chat_routes(app: Any, svc: "Service", *, max_reply_s: float = 60.0) -> N
         watcher = None
         job = None
         try:
-            body = await read_body(request)
+            body = await read_json(request)
             req = parse_request(body, cache, max_reply_s=max_reply_s, max_prompt_tokens=svc.max_prompt_tokens,
                                 count_tokens=svc.model.count_tokens)
             loop = asyncio.get_running_loop()

@@ -122,15 +122,15 @@ async def read_form(request: Any, max_file_bytes: int) -> Tuple[Dict[str, str], 
     return fields, (filename, buf.getvalue())
 
 
-async def read_body(request: Any, limit: int, what: str) -> bytes:
+async def read_body(request: Any, limit: int, what: str, *, code: str = "body_too_large", hint: str = "") -> bytes:
     """The whole body, at most ``limit`` bytes: a declared Content-Length over it is
     refused before anything is read, a body that grows past it while arriving is refused
-    then (413, naming ``what`` and the limit; a little more is read and dropped so that
-    the client sees the answer). 400 when the client leaves during the upload."""
+    then (413 with ``code``, naming ``what``, the limit and the ``hint``; a little more is
+    read and dropped so that the client sees the answer). 400 when the client leaves
+    during the upload."""
     from starlette.requests import ClientDisconnect
 
-    too_large = APIError(413, f"the {what} is larger than this server's limit of {size(limit)}",
-                         code="body_too_large")
+    too_large = APIError(413, f"the {what} is larger than this server's limit of {size(limit)}{hint}", code=code)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
