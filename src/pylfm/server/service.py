@@ -88,7 +88,6 @@ class Service:
         self.model = model
         self.api_key = api_key or None
         self.max_upload_bytes = int(max_upload_mib * MIB)
-        self.max_audio_s = float(max_audio_s)
         self.max_speech_s = float(max_speech_s)
         self.max_speech_body_bytes = min(SPEECH_MAX_BODY, self.max_upload_bytes)
         self.model_name = model_name
@@ -117,7 +116,7 @@ class Service:
         upload plus its decoded audio (`DECODE_GROWTH` x 62.5 KiB per second of
         ``--max-audio-s``), or a speech request's body plus its generated audio
         (`SPEECH_COPIES` x 93.75 KiB per second of ``--max-speech-s``), whichever is more."""
-        transcription = self.max_upload_bytes + DECODE_GROWTH * DECODED_BYTES_PER_S * self.max_audio_s
+        transcription = self.max_upload_bytes + DECODE_GROWTH * DECODED_BYTES_PER_S * self.options.max_duration
         speech = self.max_speech_body_bytes + SPEECH_COPIES * SPEECH_BYTES_PER_S * self.max_speech_s
         return int(max(transcription, speech))
 
