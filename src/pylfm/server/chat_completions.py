@@ -504,8 +504,8 @@ def add_chat_routes(app: Any, svc: "Service", *, max_reply_s: float = 60.0) -> N
         if items:
             cache.put(audio_id, text, list(items))
 
-    def pcm16(x: np.ndarray) -> bytes:
-        return np.clip(np.round(x * 32767.0), -32768, 32767).astype("<i2").tobytes()
+    def pcm16(x: np.ndarray) -> bytes:  # Liquid's and OpenAI's audio deltas: raw 16-bit little-endian
+        return encode_audio(x, SAMPLE_RATE, "pcm")
 
     @app.post("/v1/chat/completions", summary="Chat with audio in and out (Liquid's and OpenAI's shapes)")
     async def chat_completions(request: Request):
