@@ -18,6 +18,13 @@ def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
+def bearer_matches(authorization: bytes, expected: bytes) -> bool:
+    """Whether an ``Authorization`` header's raw value is ``Bearer <expected>`` (the scheme
+    in any case, as RFC 7235 says), compared in constant time."""
+    scheme, _, key = authorization.strip().partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(key.strip(), expected)
+
+
 class AuthMiddleware:
     """Every HTTP request but `is_public` ones needs ``Authorization: Bearer KEY`` (the
     scheme in any case, as RFC 7235 says); else 401 with OpenAI's error body. WebSocket
@@ -34,8 +41,7 @@ class AuthMiddleware:
                 if k == b"authorization":
                     got = v.strip()
                     break
-            scheme, _, key = got.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(key.strip(), self.expected):
+            if not bearer_matches(got, self.expected):
                 message = ("missing API key: send 'Authorization: Bearer KEY'" if not got else "invalid API key")
                 body = json.dumps(error_body(message, "invalid_request_error", "invalid_api_key")).encode()
                 await send({"type": "http.response.start", "status": 401,

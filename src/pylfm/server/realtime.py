@@ -43,6 +43,7 @@ from ..live.turns import RATE, SpeechDetector, SpeechDropped, SpeechStarted, Utt
 from ..speech.istft import SAMPLE_RATE as OUTPUT_RATE
 from ..speech.voices import CHAT_TEMPERATURE, CHAT_TOP_K, DEFAULT_VOICE, MODES, voice_name
 from . import realtime_events as ev
+from .middleware import bearer_matches
 from .realtime_audio import FormatError, Resampler, decode_b64, from_float, to_float
 from .realtime_events import BETA, GA, REALTIME, TRANSCRIPTION, ClientError, SessionConfig, new_id
 
@@ -132,9 +133,8 @@ class RealtimeHub:
         if not self.api_key:
             return True
         expected = self.api_key.encode("utf-8")
-        auth = headers.get("authorization", "")
-        scheme, _, key = auth.strip().partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(key.strip().encode("utf-8"), expected):
+        # the header's raw bytes (Starlette decodes them as latin-1), as the HTTP routes see them
+        if bearer_matches(headers.get("authorization", "").encode("latin-1"), expected):
             return True
         for p in protocols:
             if p.startswith(KEY_PROTOCOL) and hmac.compare_digest(p[len(KEY_PROTOCOL):].encode("utf-8"), expected):
