@@ -34,7 +34,7 @@ import numpy as np
 
 from ..errors import PylfmError, SpeechError
 from ..speech.generate import check_sampling, choose_seed, frames_for, speech_params
-from ..speech.istft import FRAME_SAMPLES, FRAMES_PER_SECOND
+from ..speech.istft import FRAME_SAMPLES, FRAMES_PER_SECOND, SAMPLE_RATE
 from ..speech.job import SpeechJob, item_parts
 from ..speech.result import Speech, SpeechChunk
 from ..speech.voices import MODES, voice_name
@@ -43,7 +43,7 @@ from .turns import float_chunk
 log = logging.getLogger("pylfm")
 
 IM_END = 7  # <|im_end|>
-FRAME_MS = 1000.0 * FRAME_SAMPLES / 24000  # 80 ms of speech per audio frame
+FRAME_MS = 1000.0 * FRAME_SAMPLES / SAMPLE_RATE  # 80 ms of speech per audio frame
 _AUDIO_SAMPLES_PER_TOKEN = 1280  # 16 kHz samples per audio embedding (80 ms)
 
 

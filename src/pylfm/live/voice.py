@@ -21,9 +21,8 @@ from typing import Any, Callable, Deque, Iterable, Optional
 
 import numpy as np
 
-from .turns import SpeechDetector, SpeechPaused, SpeechResumed, SpeechStarted, TurnDetection, Utterance
-
-SPEAKER_RATE = 24000
+from ..speech.istft import SAMPLE_RATE as SPEAKER_RATE  # the reply's audio: 24 kHz
+from .turns import RATE, SpeechDetector, SpeechPaused, SpeechResumed, SpeechStarted, TurnDetection, Utterance
 
 
 class Speaker:
@@ -111,7 +110,7 @@ class VoiceChat:
                         self._interrupt(speaker)
                 elif isinstance(ev, SpeechPaused):
                     if not self._busy(speaker):  # read the turn ahead while the pause lasts
-                        self.conversation.add_audio(ev.pcm, sample_rate=16000)
+                        self.conversation.add_audio(ev.pcm, sample_rate=RATE)
                         self.conversation.prefill()
                         self._ahead = (ev.start, ev.end)
                 elif isinstance(ev, SpeechResumed):
@@ -125,7 +124,7 @@ class VoiceChat:
                     if self._ahead != (ev.start, ev.end):
                         if self._ahead is not None:
                             self.conversation.discard_turn()
-                        self.conversation.add_audio(ev.pcm, sample_rate=16000)
+                        self.conversation.add_audio(ev.pcm, sample_rate=RATE)
                     self._ahead = None
                     self._start_reply(speaker)
         if self._reply is not None:
