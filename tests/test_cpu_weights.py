@@ -169,6 +169,9 @@ def test_system_info_and_pylfm_info_show_the_cpu_and_the_policy(capsys, monkeypa
     assert cli.main(["info", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)["cpu"]
     assert (shown["policy"], shown["mode"]) == ("off", "off")
+    monkeypatch.setenv("PYLFM_CPU_REPACK", "fastest")  # pylfm info still answers, and names the mistake
+    assert cli.main(["info"]) == 0
+    assert "cpu weights: PYLFM_CPU_REPACK='fastest' is not a CPU weight placement" in capsys.readouterr().out
 
 
 def test_per_tensor_answers_of_a_real_gguf(tiny_gguf_f32, tiny_gguf_q8):

@@ -191,6 +191,8 @@ def test_bad_input_gives_clear_errors(model):
     with model.conversation() as conv:
         with pytest.raises(ConversationError, match="no user turn"):
             conv.reply()
+        with pytest.raises(ConversationError, match="no user turn to read"):
+            conv.prefill()  # a read-ahead needs a user turn too
         with pytest.raises(ConversationError, match="empty"):
             conv.add_text("   ")
         with pytest.raises(ConversationError, match="sample_rate"):

@@ -27,6 +27,9 @@ def main(args: argparse.Namespace) -> int:
     cpu = info["cpu"]
     print(f"cpu:      {cpu['description']}, AMX: {'yes' if cpu['amx'] else 'no'}, extra buffer types: "
           f"{', '.join(cpu['extra_bufts']) or 'none'} ({cpu['library'] or 'linked in'})")
-    print(f"cpu weights: {cpu['policy']} -> {cpu['mode']}: {cpu['reason']} (PYLFM_CPU_REPACK=auto|on|off|no-amx)")
+    if cpu["policy"] is None:  # a bad PYLFM_CPU_REPACK: say so (a model load would refuse it)
+        print(f"cpu weights: {cpu['reason']}")
+    else:
+        print(f"cpu weights: {cpu['policy']} -> {cpu['mode']}: {cpu['reason']} (PYLFM_CPU_REPACK=auto|on|off|no-amx)")
     print(info["llama_system_info"])
     return 0
